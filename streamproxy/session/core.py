@@ -1,0 +1,612 @@
+"""The sans-I/O session core: one client stream, any number of upstream connections over its life.
+
+Nothing here touches a socket, a clock or a task. The asyncio layer feeds it what happened
+(``client_audio``, ``upstream_message``, ``upstream_closed`` ... each with ``now``) and executes
+the actions it returns (``SendUpstream``, ``SendClient``, ``Connect`` ...). That keeps the hard
+guarantees (no word lost, none duplicated, continuous timestamps) testable exhaustively.
+
+Positions are absolute byte offsets into the client's audio. The current upstream connection
+started at ``base`` (the watermark when it connected), so an upstream time ``t`` is the client
+time ``(round(t * sr) + base_samples) / sr``.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .audio import AudioFormat
+from .ring import RingBuffer
+
+KEEPALIVE = '{"type":"KeepAlive"}'
+FINALIZE = '{"type":"Finalize"}'
+CLOSE_STREAM = '{"type":"CloseStream"}'
+
+#: Upstream close codes that mean "do not retry": the request itself is wrong.
+FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 4001, 4003, 4008})
+#: Handshake statuses that are fatal (bad key, bad parameters).
+FATAL_STATUSES = frozenset({400, 401, 402, 403, 404, 405, 413, 426})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    frame_ms: int = 100
+    buffer_seconds: float = 60.0
+    keepalive_s: float = 4.0
+    stall_timeout_s: float = 10.0
+    close_timeout_s: float = 10.0
+    first_retry_s: float = 0.25
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 30.0
+    max_attempts: int = 10  # 0 = unlimited
+    proxy_events: bool = False
+
+
+# ----------------------------------------------------------------------------- actions
+@dataclass(slots=True)
+class SendUpstream:
+    data: bytes | str
+
+
+@dataclass(slots=True)
+class SendClient:
+    data: str | bytes
+
+
+@dataclass(slots=True)
+class Connect:
+    """Open a new upstream connection after ``delay`` seconds; report back with ``gen``."""
+
+    delay: float
+    attempt: int
+    gen: int
+    reason: str
+
+
+@dataclass(slots=True)
+class DropUpstream:
+    """Abort the current upstream connection (a stall); its close is then ignored."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class CloseClient:
+    code: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Observe:
+    """A latency observation in seconds; ``kind`` is interim, final or first_word."""
+
+    kind: str
+    seconds: float
+
+
+@dataclass(slots=True)
+class Count:
+    """A counter increment: reconnect, replayed_s, dropped_s, duplicate, fatal."""
+
+    name: str
+    value: float = 1.0
+    label: str = ""
+
+
+Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count
+
+
+@dataclass(slots=True)
+class SessionStats:
+    audio_bytes: int = 0
+    reconnects: int = 0
+    replayed_bytes: int = 0
+    dropped_bytes: int = 0
+    duplicates: int = 0
+    results: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_word_latency: float | None = None
+    fatal: str | None = None
+
+
+def full_jitter_delay(attempt: int, s: SessionSettings, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: first retry within ``first_retry_s``, then 1, 2, 4 ... cap."""
+    if attempt <= 1:
+        ceiling = s.first_retry_s
+    else:
+        ceiling = min(s.backoff_cap_s, s.backoff_base_s * 2 ** (attempt - 2))
+    return rng.uniform(0.0, ceiling)
+
+
+class Session:
+    """State of one client stream; methods take inputs and return the actions to perform."""
+
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        settings: SessionSettings,
+        *,
+        now: float,
+        session_id: str = "",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.fmt = fmt
+        self.s = settings
+        self.session_id = session_id
+        self.rng = rng or random.Random()
+        self.stats = SessionStats()
+        self.created = now
+        self._actions: list[Action] = []
+
+        self._frame_bytes = fmt.frame_bytes(settings.frame_ms)
+        self._frame_s = settings.frame_ms / 1000.0
+        self._partial = bytearray()
+        self._partial_since: float | None = None
+        self.client_pos = 0  # bytes received from the client
+        self.framed_pos = 0  # bytes cut into frames (<= client_pos)
+
+        self.ring = RingBuffer(max(self._frame_bytes, int(settings.buffer_seconds * fmt.bytes_per_second)))
+        self.ring.start = 0
+
+        # Upstream connection state.
+        self.gen = 0
+        self.connected = False
+        self.upstream_name = ""
+        self.attempt = 0
+        self.base = 0  # absolute byte position the current upstream's time 0 maps to
+        self.sent_pos = 0  # absolute byte position sent to the current upstream
+        self._unanswered_since: float | None = None
+        self._last_activity = now  # last client audio or keepalive sent upstream
+
+        # Delivery state (client timeline, in samples).
+        self.delivered_end: dict[int, int] = {}  # per channel: end of last delivered final
+        self._interim_end: dict[int, int] = {}
+        self._speech_started = -1
+        self._utterance_end = -1
+        self._arrivals: deque[tuple[int, float]] = deque()  # (client_pos after chunk, arrival time)
+        self.seq = 0
+
+        # Closing.
+        self.closing = False
+        self.client_gone = False
+        self.close_code = 1000
+        self._close_deadline: float | None = None
+        self._metadata: dict[str, Any] | None = None
+        self.done = False
+
+        self._connect(now, delay=0.0, reason="initial")
+
+    # ------------------------------------------------------------------ helpers
+    def _take(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    def _emit_client(self, msg: dict[str, Any] | bytes | str) -> None:
+        if self.client_gone:
+            return
+        if isinstance(msg, dict):
+            msg = orjson.dumps(msg).decode()
+        self._actions.append(SendClient(msg))
+
+    def _status(self, state: str, **extra: Any) -> None:
+        if not self.s.proxy_events:
+            return
+        msg: dict[str, Any] = {
+            "type": "ProxyStatus",
+            "state": state,
+            "attempt": self.attempt,
+            "buffered_s": round(self.fmt.bytes_to_seconds(self.ring.nbytes), 3),
+            "upstream": self.upstream_name,
+            "session_id": self.session_id,
+        }
+        msg.update(extra)
+        self._emit_client(msg)
+
+    def _connect(self, now: float, *, delay: float, reason: str) -> None:
+        self.gen += 1
+        self.connected = False
+        self._unanswered_since = None
+        self._actions.append(Connect(delay, self.attempt, self.gen, reason))
+
+    @property
+    def _sr(self) -> int:
+        return self.fmt.sample_rate
+
+    # ------------------------------------------------------------------ client side
+    def client_audio(self, data: bytes, now: float) -> list[Action]:
+        """Audio from the client: re-frame, buffer, forward; empty data is ignored (not a close)."""
+        if self.closing or not data:
+            return self._take()
+        self.client_pos += len(data)
+        self.stats.audio_bytes += len(data)
+        self._arrivals.append((self.client_pos, now))
+        self._last_activity = now
+        fb = self._frame_bytes
+        if not self._partial and len(data) == fb:
+            self._frame(data, now)
+        else:
+            if not self._partial:
+                self._partial_since = now
+            self._partial += data
+            while len(self._partial) >= fb:
+                self._frame(bytes(self._partial[:fb]), now)
+                del self._partial[:fb]
+            if not self._partial:
+                self._partial_since = None
+        return self._take()
+
+    def _flush_partial(self, now: float) -> None:
+        n = self.fmt.align(len(self._partial))
+        if n:
+            self._frame(bytes(self._partial[:n]), now)
+            del self._partial[:n]
+        self._partial_since = now if self._partial else None
+
+    def _frame(self, frame: bytes, now: float) -> None:
+        pos = self.framed_pos
+        self.framed_pos += len(frame)
+        dropped = self.ring.append_audio(pos, frame, align=self.fmt.sample_bytes)
+        if dropped:
+            self._on_overflow(dropped)
+        if self.connected:
+            self._actions.append(SendUpstream(frame))
+            self.sent_pos = self.framed_pos
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+
+    def _on_overflow(self, dropped: int) -> None:
+        self.stats.dropped_bytes += dropped
+        secs = self.fmt.bytes_to_seconds(dropped)
+        self._actions.append(Count("dropped_s", secs))
+        self._status("degraded", dropped_s=round(self.fmt.bytes_to_seconds(self.stats.dropped_bytes), 3))
+        if self.connected and self.sent_pos < self.ring.start:
+            # Cannot happen while connected (sent audio is always in the ring) - kept as a guard.
+            self.sent_pos = self.ring.start
+
+    def client_text(self, text: str, now: float) -> list[Action]:
+        """A text frame from the client: KeepAlive, Finalize, CloseStream; others get an Error."""
+        try:
+            msg = orjson.loads(text)
+            kind = msg.get("type") if isinstance(msg, dict) else None
+        except orjson.JSONDecodeError:
+            kind = None
+            msg = None
+        if kind == "KeepAlive":
+            if self.connected and not self.closing:
+                self._actions.append(SendUpstream(KEEPALIVE))
+        elif kind == "Finalize":
+            if not self.closing:
+                self._flush_partial(now)
+                self.ring.append_control(self.framed_pos, FINALIZE)
+                if self.connected:
+                    self._actions.append(SendUpstream(FINALIZE))
+                    if self._unanswered_since is None:
+                        self._unanswered_since = now
+        elif kind == "CloseStream":
+            self._begin_close(now)
+        else:
+            what = "not valid JSON" if msg is None else f"unsupported message type {kind!r}"
+            self._emit_client(
+                {
+                    "type": "Error",
+                    "variant": "SchemaError",
+                    "description": f"Text frame {what}; expected KeepAlive, Finalize or CloseStream.",
+                    "err_code": "INVALID_MESSAGE",
+                    "err_msg": f"Text frame {what}.",
+                }
+            )
+        return self._take()
+
+    def client_closed(self, now: float) -> list[Action]:
+        """The client socket went away without CloseStream: finish upstream cleanly anyway."""
+        self.client_gone = True
+        self._begin_close(now)
+        return self._take()
+
+    def drain(self, now: float, code: int = 1012) -> list[Action]:
+        """Finalise now (trailing results delivered), then close with ``code`` (1012: restart)."""
+        self.close_code = code
+        self._status("draining")
+        self._begin_close(now)
+        return self._take()
+
+    def announce_draining(self) -> list[Action]:
+        self._status("draining")
+        return self._take()
+
+    def _begin_close(self, now: float) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._flush_partial(now)
+        if self._partial:  # a dangling odd byte cannot be sent as audio
+            self._partial.clear()
+            self._partial_since = None
+        self._close_deadline = now + self.s.close_timeout_s
+        if not self.connected and not self.ring.nbytes:
+            self._finish(self.close_code, "stream closed")  # nothing left to transcribe
+        elif self.connected:
+            self._actions.append(SendUpstream(CLOSE_STREAM))
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if code in (1000, 1012) and not self.stats.fatal:
+            meta = self._metadata or {
+                "type": "Metadata",
+                "transaction_key": "deprecated",
+                "request_id": self.session_id,
+                "sha256": "",
+                "created": "",
+                "duration": 0.0,
+                "channels": self.fmt.channels,
+                "models": [],
+                "model_info": {},
+            }
+            meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
+            self._deliver(meta)
+        if self.connected:
+            self._actions.append(DropUpstream("session finished"))
+            self.connected = False
+        self._actions.append(CloseClient(code, reason))
+
+    # ------------------------------------------------------------------ upstream side
+    def upstream_connected(self, gen: int, name: str, now: float) -> list[Action]:
+        """A new upstream connection is open: replay from the watermark, then go live."""
+        if gen != self.gen or self.done:
+            return self._take()
+        self.connected = True
+        self.upstream_name = name
+        self.base = self.ring.start if self.fmt.raw else 0
+        # Raw audio replays from the watermark; container audio was never released, so this
+        # replays it from byte 0 with its header (degraded once the buffer has overflowed).
+        replay = list(self.ring.replay())
+        replay_bytes = sum(len(i.data) for i in replay if i.data is not None)
+        if self.attempt or self.stats.reconnects:
+            self._status("replaying", replay_s=round(self.fmt.bytes_to_seconds(replay_bytes), 3))
+        for item in replay:
+            self._actions.append(SendUpstream(item.data if item.data is not None else item.control or ""))
+        self.sent_pos = self.framed_pos
+        if replay_bytes and self.stats.reconnects:
+            self.stats.replayed_bytes += replay_bytes
+            self._actions.append(Count("replayed_s", self.fmt.bytes_to_seconds(replay_bytes)))
+        if replay:
+            self._unanswered_since = now
+        self._last_activity = now
+        if self.closing:
+            self._actions.append(SendUpstream(CLOSE_STREAM))
+            self._unanswered_since = self._unanswered_since or now
+        self._status("connected")
+        return self._take()
+
+    def upstream_failed(self, gen: int, status: int | None, reason: str, now: float) -> list[Action]:
+        """The handshake failed (``status`` is the HTTP status, None for a network error)."""
+        if gen != self.gen or self.done:
+            return self._take()
+        if status is not None and status in FATAL_STATUSES:
+            self._fatal(f"upstream rejected the connection (HTTP {status}): {reason}", code=1008)
+            return self._take()
+        self._retry(now, f"handshake {status or 'error'}")
+        return self._take()
+
+    def upstream_closed(self, gen: int, code: int | None, reason: str, now: float) -> list[Action]:
+        """The upstream connection ended (``code`` None: reset without a close frame)."""
+        if gen != self.gen or self.done:
+            return self._take()
+        self.connected = False
+        if self.closing and code == 1000:
+            self._finish(self.close_code, "stream closed")
+            return self._take()
+        if code in FATAL_CLOSE_CODES:
+            self._fatal(f"upstream closed the stream ({code}): {reason}", code=code or 1011)
+            return self._take()
+        self._retry(now, "closed" if code else "reset")
+        return self._take()
+
+    def _retry(self, now: float, reason: str) -> None:
+        self.connected = False
+        self.attempt += 1
+        self.stats.reconnects += 1
+        self._actions.append(Count("reconnect", 1, reason))
+        if self.s.max_attempts and self.attempt > self.s.max_attempts:
+            self._fatal(f"upstream unavailable after {self.attempt - 1} attempts ({reason})", code=1011)
+            return
+        delay = full_jitter_delay(self.attempt, self.s, self.rng)
+        self._status("reconnecting", reason=reason, retry_in_s=round(delay, 3))
+        self._connect(now, delay=delay, reason=reason)
+
+    def _fatal(self, description: str, *, code: int) -> None:
+        self.stats.fatal = description
+        self._actions.append(Count("fatal", 1))
+        self._emit_client(
+            {
+                "type": "Error",
+                "variant": "UpstreamError",
+                "description": description,
+                "err_code": "UPSTREAM_ERROR",
+                "err_msg": description,
+            }
+        )
+        self._finish(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1011, "upstream error")
+
+    def upstream_message(self, gen: int, text: str | bytes, now: float) -> list[Action]:
+        """A message from the upstream: rebase, de-duplicate, acknowledge, deliver."""
+        if gen != self.gen or self.done:
+            return self._take()
+        self._unanswered_since = None
+        if self.attempt:
+            self.attempt = 0  # the connection works: the next failure starts the backoff again
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return self._take()
+        if not isinstance(msg, dict):
+            return self._take()
+        kind = msg.get("type")
+        if kind == "Results":
+            self._on_results(msg, text, now)
+        elif kind == "Metadata":
+            if self.closing:
+                self._metadata = msg
+        elif kind == "SpeechStarted":
+            t = self._rebase(msg.get("timestamp", 0.0))
+            if t > self._speech_started:
+                self._speech_started = t
+                msg["timestamp"] = t / self._sr
+                self._deliver(msg)
+        elif kind == "UtteranceEnd":
+            t = self._rebase(msg.get("last_word_end", 0.0))
+            if t > self._utterance_end:
+                self._utterance_end = t
+                msg["last_word_end"] = t / self._sr
+                self._deliver(msg)
+        elif kind == "Error":
+            pass  # the close that follows decides retry or fatal
+        else:
+            self._deliver(msg)
+        return self._take()
+
+    def _rebase(self, t: Any) -> int:
+        """Upstream seconds -> client samples."""
+        return round(float(t) * self._sr) + self.fmt.bytes_to_samples(self.base)
+
+    def _on_results(self, msg: dict[str, Any], raw: str | bytes, now: float) -> None:
+        sr = self._sr
+        ch_index = msg.get("channel_index") or [0, 1]
+        ch = int(ch_index[0]) if ch_index else 0
+        start = self._rebase(msg.get("start", 0.0))
+        # The end from integer samples: start + duration may not round-trip exactly in floats.
+        end = start + round(float(msg.get("duration", 0.0)) * sr)
+        is_final = bool(msg.get("is_final"))
+        delivered = self.delivered_end.get(ch, -1)
+        alts = (msg.get("channel") or {}).get("alternatives") or []
+        changed = self.base != 0
+        filtered = False
+        nwords = 0
+        for alt in alts:
+            words = alt.get("words") or []
+            kept = []
+            for w in words:
+                ws = self._rebase(w.get("start", 0.0))
+                we = self._rebase(w.get("end", 0.0))
+                if we <= delivered:
+                    filtered = True
+                    continue
+                if changed:
+                    w["start"] = ws / sr
+                    w["end"] = we / sr
+                kept.append(w)
+            if filtered:
+                alt["words"] = kept
+                alt["transcript"] = " ".join(str(w.get("punctuated_word") or w.get("word", "")) for w in kept)
+            nwords = max(nwords, len(kept))
+        if is_final:
+            if end <= delivered and not msg.get("from_finalize"):
+                self.stats.duplicates += 1
+                self._actions.append(Count("duplicate"))
+                return
+            if start < delivered:
+                start = delivered
+                changed = True
+            self.delivered_end[ch] = max(delivered, end)
+            self._ack(now)
+        else:
+            floor = max(delivered, self._interim_end.get(ch, -1))
+            if end <= floor:
+                return  # interim results never go backwards
+            self._interim_end[ch] = end
+        if changed or filtered:
+            msg["start"] = start / sr
+            msg["duration"] = (end - start) / sr
+        latency = self._latency(self.fmt.samples_to_bytes(end), now) if self.fmt.raw else None
+        if latency is not None:
+            kind = "final" if is_final else "interim"
+            self.stats.latencies.append(latency)
+            self._actions.append(Observe(kind, latency))
+            if nwords and self.stats.first_word_latency is None:
+                self.stats.first_word_latency = latency
+                self._actions.append(Observe("first_word", latency))
+        self.stats.results += 1
+        if self.s.proxy_events:
+            self.seq += 1
+            msg["proxy"] = {
+                "seq": self.seq,
+                "latency_ms": None if latency is None else round(latency * 1000, 3),
+            }
+            self._emit_client(msg)
+        elif changed or filtered:
+            self._emit_client(msg)
+        else:
+            self._emit_client(raw if isinstance(raw, str) else raw.decode())
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        if self.s.proxy_events:
+            self.seq += 1
+            msg["proxy"] = {"seq": self.seq}
+        self._emit_client(msg)
+
+    def _ack(self, now: float) -> None:
+        """The watermark is the minimum over channels of the last final's end."""
+        if not self.fmt.raw:
+            return  # container audio is replayed from its start; nothing is released
+        ends = self.delivered_end
+        if len(ends) < self.fmt.channels:
+            return
+        ack = self.fmt.samples_to_bytes(min(ends.values()))
+        ack = min(ack, self.framed_pos)
+        self.ring.release(ack)
+        arrivals = self._arrivals
+        while len(arrivals) > 1 and arrivals[0][0] <= ack:
+            arrivals.popleft()
+
+    def _latency(self, end_pos: int, now: float) -> float | None:
+        """Seconds since the arrival of the client chunk holding the result's last byte."""
+        arrivals = self._arrivals
+        if not arrivals or end_pos <= 0:
+            return None
+        # arrivals is sorted by position; find the first chunk ending at or after end_pos.
+        i = bisect_left(arrivals, end_pos, key=lambda a: a[0])
+        if i >= len(arrivals):
+            return None
+        return max(0.0, now - arrivals[i][1])
+
+    # ------------------------------------------------------------------ time
+    def next_deadline(self) -> float | None:
+        """The earliest time ``tick`` has something to do, or None."""
+        cands = []
+        if self._partial_since is not None:
+            cands.append(self._partial_since + self._frame_s)
+        if self.connected and not self.closing:
+            cands.append(self._last_activity + self.s.keepalive_s)
+        if self.connected and self._unanswered_since is not None:
+            cands.append(self._unanswered_since + self.s.stall_timeout_s)
+        if self._close_deadline is not None and not self.done:
+            cands.append(self._close_deadline)
+        return min(cands) if cands else None
+
+    def tick(self, now: float) -> list[Action]:
+        if self.done:
+            return self._take()
+        if self._partial_since is not None and now >= self._partial_since + self._frame_s:
+            self._flush_partial(now)
+        if self.connected and not self.closing and now >= self._last_activity + self.s.keepalive_s:
+            self._actions.append(SendUpstream(KEEPALIVE))
+            self._last_activity = now
+        if (
+            self.connected
+            and self._unanswered_since is not None
+            and now >= self._unanswered_since + self.s.stall_timeout_s
+        ):
+            self._actions.append(DropUpstream("stall"))
+            self._retry(now, "stall")
+        if self._close_deadline is not None and now >= self._close_deadline:
+            self._finish(self.close_code, "close timeout")
+        return self._take()

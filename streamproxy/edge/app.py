@@ -1,0 +1,203 @@
+"""The client edge: one aiohttp application serving every public route on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..config import Config
+from ..metrics import Metrics
+from ..session.core import Session, SessionSettings
+from ..session.runner import SessionRunner
+from ..upstream.pool import UpstreamPool
+from .params import ParamError, parse_params
+
+log = logging.getLogger("streamproxy.edge")
+
+
+@dataclass
+class Gateway:
+    """Process-wide state shared by the handlers."""
+
+    cfg: Config
+    pool: UpstreamPool
+    metrics: Metrics = field(default_factory=Metrics)
+    runners: set[SessionRunner] = field(default_factory=set)
+    draining: bool = False
+    client_keys: tuple[str, ...] = ()
+
+    def settings(self, proxy_events: bool) -> SessionSettings:
+        s, r = self.cfg.session, self.cfg.reconnect
+        return SessionSettings(
+            frame_ms=s.frame_ms,
+            buffer_seconds=s.buffer_seconds,
+            keepalive_s=s.keepalive_s,
+            stall_timeout_s=s.stall_timeout_s,
+            close_timeout_s=s.close_timeout_s,
+            first_retry_s=r.first_retry_s,
+            backoff_base_s=r.base_s,
+            backoff_cap_s=r.cap_s,
+            max_attempts=r.max_attempts,
+            proxy_events=proxy_events,
+        )
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def deepgram_error(status: int, message: str, *, request_id: str = "") -> web.Response:
+    """An HTTP error in Deepgram's shape, with the ``dg-error`` header its SDKs surface."""
+    body = {"err_code": _ERR_CODES.get(status, "ERROR"), "err_msg": message, "request_id": request_id}
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"dg-error": message[:500], "dg-request-id": request_id},
+    )
+
+
+_ERR_CODES = {
+    400: "Bad Request",
+    401: "INVALID_AUTH",
+    403: "INSUFFICIENT_PERMISSIONS",
+    429: "TOO_MANY_REQUESTS",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_credential(request: web.Request) -> tuple[str, str] | None:
+    """(scheme, secret) from ``Authorization`` or the browser subprotocols ``token, <key>``."""
+    auth = request.headers.get("Authorization", "")
+    if " " in auth:
+        scheme, _, secret = auth.partition(" ")
+        return scheme.lower(), secret.strip()
+    protos = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    if len(protos) >= 2 and protos[0].lower() in ("token", "bearer"):
+        return protos[0].lower(), protos[1]
+    return None
+
+
+def authorized(gw: Gateway, request: web.Request) -> bool:
+    cred = client_credential(request)
+    if not gw.client_keys:
+        return True  # anonymous: start-up refused this unless loopback or explicitly allowed
+    if cred is None or cred[0] != "token":
+        return False
+    secret = cred[1].encode()
+    ok = False
+    for k in gw.client_keys:  # compare against all keys, in constant time each
+        ok |= hmac.compare_digest(secret, k.encode())
+    return ok
+
+
+async def listen_ws(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    sid = str(uuid.uuid4())
+    try:
+        params = parse_params(request.query)
+    except ParamError as e:
+        return deepgram_error(400, str(e), request_id=sid)
+    if not authorized(gw, request):
+        return deepgram_error(401, "Invalid credentials.", request_id=sid)
+    if gw.draining:
+        return deepgram_error(503, "Server is draining; reconnect to another instance.", request_id=sid)
+    if len(gw.runners) >= gw.cfg.limits.max_sessions:
+        resp = deepgram_error(429, "Too many concurrent sessions.", request_id=sid)
+        resp.headers["Retry-After"] = "1"
+        return resp
+    ws = web.WebSocketResponse(
+        protocols=("token", "bearer"),
+        max_msg_size=gw.cfg.limits.max_frame_bytes,
+        autoping=True,
+        heartbeat=None,
+        compress=False,
+    )
+    ws.headers["dg-request-id"] = sid
+    await ws.prepare(request)
+    loop = asyncio.get_running_loop()
+    core = Session(params.fmt, gw.settings(params.proxy_events), now=loop.time(), session_id=sid)
+    runner = SessionRunner(core, ws, gw.pool, params.upstream_query, gw.metrics)
+    gw.runners.add(runner)
+    gw.metrics.sessions_active.inc()
+    runner.start()
+    outcome = "ok"
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                if msg.data:
+                    runner.client_audio(msg.data)
+                else:  # legacy Deepgram clients close a stream with an empty frame
+                    runner.client_text('{"type":"CloseStream"}')
+            elif msg.type == WSMsgType.TEXT:
+                runner.client_text(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                outcome = "client_error"
+                break
+        if not core.closing:
+            if outcome == "ok":
+                outcome = "client_gone"
+            runner.client_closed()
+        timeout = gw.cfg.session.close_timeout_s + 5.0
+        try:
+            await asyncio.wait_for(runner.finished.wait(), timeout)
+        except TimeoutError:
+            outcome = "timeout"
+    finally:
+        if not runner.finished.is_set():
+            runner._finish()
+        gw.runners.discard(runner)
+        gw.metrics.sessions_active.dec()
+        if core.stats.fatal:
+            outcome = "upstream_error"
+        elif runner.close_code == 1012:
+            outcome = "drained"
+        gw.metrics.sessions_total.labels(outcome).inc()
+        gw.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
+        log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    now = asyncio.get_running_loop().time()
+    checks = {"draining": gw.draining, "upstream_healthy": gw.pool.any_healthy(now)}
+    ready = not gw.draining and checks["upstream_healthy"]
+    return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.Response(
+        body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def build_app(gw: Gateway) -> web.Application:
+    app = web.Application(client_max_size=gw.cfg.limits.max_upload_bytes)
+    app[GATEWAY] = gw
+    app.router.add_get("/v1/listen", listen_ws)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_route)
+    return app

@@ -1,0 +1,97 @@
+"""Deepgram Live query parameters: an allow-list, validated before the WebSocket upgrade.
+
+Known parameters are passed through to the upstream unchanged; streamproxy's own extensions
+(``proxy_events``, ``resume``, ``last_seq``) are consumed here. Anything else is a 400, because a
+silently ignored typo (``interim_result=true``) is a bug the client never finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from multidict import MultiMapping
+
+from ..session.audio import CONTAINER_ENCODINGS, RAW_BYTES_PER_SAMPLE, AudioFormat
+
+DEEPGRAM_LIVE_PARAMS = frozenset(
+    {
+        "alternatives", "callback", "callback_method", "channels", "detect_entities", "diarize",
+        "diarize_model", "diarize_version", "dictation", "encoding", "endpointing", "extra",
+        "filler_words", "interim_results", "keyterm", "keywords", "language", "language_hint",
+        "mip_opt_out", "model", "multichannel", "ner", "no_delay", "numerals", "profanity_filter",
+        "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "tier",
+        "utterance_end_ms", "vad_events", "version",
+    }
+)  # fmt: skip
+PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq"})
+BOOL_PARAMS = frozenset(
+    {
+        "detect_entities", "diarize", "dictation", "filler_words", "interim_results", "mip_opt_out",
+        "multichannel", "no_delay", "numerals", "profanity_filter", "punctuate", "smart_format",
+        "vad_events", "proxy_events",
+    }
+)  # fmt: skip
+BOOL_VALUES = {"true": True, "false": False}
+
+
+class ParamError(ValueError):
+    """A query parameter the client must fix; the message is shown to it verbatim."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    fmt: AudioFormat
+    upstream_query: str  # what the upstream receives (proxy extensions removed)
+    proxy_events: bool = False
+    interim_results: bool = False
+    resume: str | None = None
+    last_seq: int | None = None
+
+
+def _int(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ParamError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise ParamError(f"{name} must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def parse_params(query: MultiMapping[str]) -> StreamParams:
+    """Validate a Deepgram Live query; raises ParamError with a message for the client."""
+    unknown = sorted({k for k in query if k not in DEEPGRAM_LIVE_PARAMS and k not in PROXY_PARAMS})
+    if unknown:
+        raise ParamError(f"unknown query parameter(s): {', '.join(unknown)}")
+    for key in query:
+        if key in BOOL_PARAMS:
+            for v in query.getall(key):
+                if v.lower() not in BOOL_VALUES:
+                    raise ParamError(f"{key} must be true or false, got {v!r}")
+    encoding = query.get("encoding")
+    if encoding is not None:
+        encoding = encoding.lower()
+        if encoding not in RAW_BYTES_PER_SAMPLE and encoding not in CONTAINER_ENCODINGS:
+            allowed = ", ".join(sorted(set(RAW_BYTES_PER_SAMPLE) | CONTAINER_ENCODINGS))
+            raise ParamError(f"unsupported encoding {encoding!r}; use one of {allowed}")
+    sample_rate = query.get("sample_rate")
+    if encoding in RAW_BYTES_PER_SAMPLE and sample_rate is None:
+        raise ParamError(f"sample_rate is required with encoding={encoding}")
+    sr = _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
+    channels = _int("channels", query.get("channels", "1"), 1, 16)
+    if "endpointing" in query and query["endpointing"].lower() != "false":
+        _int("endpointing", query["endpointing"], 0, 60_000)
+    if "utterance_end_ms" in query:
+        _int("utterance_end_ms", query["utterance_end_ms"], 0, 60_000)
+    resume = query.get("resume")
+    last_seq = _int("last_seq", query["last_seq"], 0, 2**62) if "last_seq" in query else None
+    upstream = [(k, v) for k, v in query.items() if k not in PROXY_PARAMS]
+    return StreamParams(
+        fmt=AudioFormat(encoding, sr, channels),
+        upstream_query=urlencode(upstream),
+        proxy_events=query.get("proxy_events", "false").lower() == "true",
+        interim_results=query.get("interim_results", "false").lower() == "true",
+        resume=resume,
+        last_seq=last_seq,
+    )

@@ -1,0 +1,164 @@
+"""``streamproxy serve``: wire config, upstreams (or the embedded engine), the edge and systemd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import Config, ConfigError
+from .edge.app import Gateway, build_app, is_loopback
+from .engine.supervisor import EngineSupervisor
+from .upstream.pool import Upstream, UpstreamPool
+
+log = logging.getLogger("streamproxy.serve")
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def engine_kind(cfg: Config) -> str:
+    """Resolve ``auto`` to the best installed recogniser, saying which and why."""
+    kind = cfg.engine.kind
+    if kind != "auto":
+        return kind
+    log.info(
+        "engine kind auto -> pocketsphinx (whisper kind not available in this build)",
+        extra={"event": "engine_kind", "kind": "pocketsphinx"},
+    )
+    return "pocketsphinx"
+
+
+def check_exposure(cfg: Config, has_keys: bool) -> None:
+    """Refuse to serve anonymous clients on a non-loopback address unless explicitly allowed."""
+    if has_keys or cfg.auth.allow_anonymous is True or is_loopback(cfg.server.host):
+        return
+    raise ConfigError(
+        "auth.allow_anonymous",
+        f"refusing to listen on {cfg.server.host} without client keys; create keys "
+        "(streamproxy keys create) or set allow_anonymous = true to serve anyone who can reach it",
+    )
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    runner: web.AppRunner
+    port: int
+    supervisor: EngineSupervisor | None
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+
+
+async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
+    """Start everything; returns once the port accepts connections."""
+    check_exposure(cfg, bool(client_keys))
+    supervisor: EngineSupervisor | None = None
+    if cfg.upstreams:
+        upstreams = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
+    else:
+        e = cfg.engine
+        supervisor = EngineSupervisor(
+            engine_kind(cfg), e.processes, e.host, e.base_port, e.idle_timeout_s, e.model_dir
+        )
+        await supervisor.start()
+        upstreams = supervisor.upstreams()
+    pool = UpstreamPool(
+        upstreams,
+        breaker_failures=cfg.reconnect.breaker_failures,
+        breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s,
+    )
+    gw = Gateway(cfg, pool, client_keys=client_keys)
+    runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=4096, reuse_address=True)
+    await site.start()
+    port = cfg.server.port
+    sockets = getattr(site._server, "sockets", None)
+    if sockets:
+        port = sockets[0].getsockname()[1]
+    log.info(
+        "listening",
+        extra={
+            "event": "listening",
+            "host": cfg.server.host,
+            "port": port,
+            "upstreams": [u.name for u in upstreams],
+        },
+    )
+    return Running(gw, runner, port, supervisor)
+
+
+async def drain(running: Running, cfg: Config) -> None:
+    """SIGTERM: refuse new sessions, let live ones finish, then finalise and close them with 1012."""
+    gw = running.gateway
+    gw.draining = True
+    sd_notify("STOPPING=1")
+    log.info("draining", extra={"event": "draining", "sessions": len(gw.runners)})
+    for r in list(gw.runners):
+        r.apply(r.core.announce_draining())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.session.drain_timeout_s
+    while gw.runners and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    for r in list(gw.runners):
+        r.drain(1012)
+    waits = [r.finished.wait() for r in list(gw.runners)]
+    if waits:
+        await asyncio.wait(
+            [asyncio.ensure_future(w) for w in waits], timeout=cfg.session.close_timeout_s + 1.0
+        )
+
+
+async def serve_forever(cfg: Config) -> None:
+    running = await start(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sd_notify(f"READY=1\nSTATUS=listening on {cfg.server.host}:{running.port}")
+    watchdog = asyncio.create_task(_watchdog(running.gateway))
+    await stop.wait()
+    await drain(running, cfg)
+    watchdog.cancel()
+    await running.stop()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+async def _watchdog(gw: Gateway) -> None:
+    """Ping systemd from the event loop itself, so a blocked loop is noticed and restarted."""
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    interval = usec / 2e6 if usec else 10.0
+    while True:
+        sd_notify(f"WATCHDOG=1\nSTATUS={len(gw.runners)} sessions")
+        await asyncio.sleep(interval)
+
+
+def run(cfg: Config) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(serve_forever(cfg))

@@ -1,0 +1,319 @@
+"""The thin asyncio shell around the sans-I/O ``Session``: sockets, timers and metrics.
+
+One runner per client stream. It feeds the core what the client socket, the upstream socket
+and the clock say, and performs the actions the core returns, in order. All decisions (what to
+buffer, when to reconnect, what to deliver) are the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..metrics import Metrics
+from ..upstream.connection import HandshakeError, open_upstream
+from ..upstream.pool import Upstream, UpstreamPool
+from .core import (
+    Action,
+    CloseClient,
+    Connect,
+    Count,
+    DropUpstream,
+    Observe,
+    SendClient,
+    SendUpstream,
+    Session,
+)
+
+log = logging.getLogger("streamproxy.session")
+
+
+class ClientSocket(Protocol):
+    """What the runner needs of the client connection (aiohttp's WebSocketResponse fits)."""
+
+    async def send_str(self, data: str) -> None: ...
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        core: Session,
+        client: ClientSocket,
+        pool: UpstreamPool,
+        upstream_query: str,
+        metrics: Metrics,
+        *,
+        on_done: Callable[[SessionRunner], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.pool = pool
+        self.query = upstream_query
+        self.metrics = metrics
+        self.on_done = on_done
+        self.loop = asyncio.get_running_loop()
+        self.up: ClientConnection | None = None
+        self.upstream: Upstream | None = None
+        self._up_task: asyncio.Task[None] | None = None
+        self._to_up: deque[bytes | str] = deque()
+        self._to_client: deque[str | bytes] = deque()
+        self._up_flushing = False
+        self._client_flushing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.finished = asyncio.Event()
+        self.close_code: int | None = None
+        self._last_upstream: str | None = None
+        self._buffered = 0.0
+
+    # ------------------------------------------------------------------ actions
+    def apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if type(a) is SendUpstream:
+                self._to_up.append(a.data)
+            elif type(a) is SendClient:
+                self._to_client.append(a.data)
+            elif type(a) is Observe:
+                if a.kind == "first_word":
+                    self.metrics.first_word.observe(a.seconds)
+                else:
+                    self.metrics.latency.labels(a.kind).observe(a.seconds)
+            elif type(a) is Count:
+                self._count(a)
+            elif type(a) is Connect:
+                self._start_upstream(a)
+            elif type(a) is DropUpstream:
+                self._drop_upstream()
+            elif type(a) is CloseClient:
+                self._close_client(a)
+        if self._to_up and not self._up_flushing and self.up is not None:
+            self._up_flushing = True
+            self.loop.create_task(self._flush_up())
+        if self._to_client and not self._client_flushing:
+            self._client_flushing = True
+            self.loop.create_task(self._flush_client())
+        self._update_buffered()
+        self._reschedule()
+
+    def _count(self, a: Count) -> None:
+        m = self.metrics
+        name = self.upstream.name if self.upstream else ""
+        if a.name == "reconnect":
+            m.upstream_reconnects.labels(name, a.label).inc()
+        elif a.name == "replayed_s":
+            m.audio_replayed.inc(a.value)
+        elif a.name == "dropped_s":
+            m.audio_dropped.inc(a.value)
+            log.warning(
+                "ring buffer overflow: oldest audio dropped",
+                extra={"event": "buffer_overflow", "session_id": self.core.session_id, "dropped_s": a.value},
+            )
+        elif a.name == "duplicate":
+            m.duplicates.inc()
+        elif a.name == "fatal":
+            m.fatal.inc()
+
+    def _update_buffered(self) -> None:
+        b = self.core.fmt.bytes_to_seconds(self.core.ring.nbytes)
+        if b != self._buffered:
+            self.metrics.audio_buffered.inc(b - self._buffered)
+            self._buffered = b
+
+    async def _flush_up(self) -> None:
+        try:
+            while self._to_up and self.up is not None:
+                data = self._to_up.popleft()
+                try:
+                    await self.up.send(data)
+                except ConnectionClosed:
+                    self._to_up.clear()  # the core replays from its ring after the reconnect
+                    break
+        finally:
+            self._up_flushing = False
+
+    async def _flush_client(self) -> None:
+        try:
+            while self._to_client:
+                data = self._to_client.popleft()
+                try:
+                    if isinstance(data, str):
+                        await self.client.send_str(data)
+                    else:
+                        await self.client.send_bytes(data)
+                except (ConnectionError, RuntimeError):
+                    self._to_client.clear()
+                    break
+        finally:
+            self._client_flushing = False
+
+    # ------------------------------------------------------------------ timer
+    def _reschedule(self) -> None:
+        at = self.core.next_deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and not self.core.done:
+            self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.apply(self.core.tick(self.loop.time()))
+
+    # ------------------------------------------------------------------ upstream
+    def _start_upstream(self, a: Connect) -> None:
+        self._drop_upstream()
+        self._up_task = self.loop.create_task(self._upstream_loop(a))
+
+    def _drop_upstream(self) -> None:
+        up, self.up = self.up, None
+        self._to_up.clear()
+        if self.upstream is not None:
+            self.upstream.active -= 1
+            self.upstream = None
+        if up is not None:
+            # Abort without the closing handshake: a stalled peer would not answer it anyway.
+            up.transport.abort()
+        task, self._up_task = self._up_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _upstream_loop(self, a: Connect) -> None:
+        core = self.core
+        if a.delay > 0:
+            await asyncio.sleep(a.delay)
+        now = self.loop.time()
+        upstream = self.pool.choose(now, avoid=self._last_upstream if a.reason != "initial" else None)
+        if self._last_upstream and upstream.name != self._last_upstream:
+            self.metrics.upstream_failovers.labels(upstream.name).inc()
+        self._last_upstream = upstream.name
+        try:
+            ws = await open_upstream(upstream, self.query)
+        except HandshakeError as e:
+            self.pool.failure(upstream.name, self.loop.time())
+            log.info(
+                "upstream connect failed",
+                extra={"event": "upstream_connect_failed", "upstream": upstream.name, "status": e.status},
+            )
+            self.apply(core.upstream_failed(a.gen, e.status, e.reason, self.loop.time()))
+            return
+        if a.gen != core.gen or core.done:
+            await ws.close()
+            return
+        self.up = ws
+        self.upstream = upstream
+        upstream.active += 1
+        self.metrics.upstream_connects.labels(upstream.name).inc()
+        self.apply(core.upstream_connected(a.gen, upstream.name, self.loop.time()))
+        got_message = False
+        code: int | None = None
+        reason = ""
+        try:
+            async for msg in ws:
+                t0 = time.perf_counter()
+                if not got_message:
+                    got_message = True
+                    self.pool.success(upstream.name)
+                self.apply(core.upstream_message(a.gen, msg, self.loop.time()))
+                self.metrics.overhead.labels("downstream").observe(time.perf_counter() - t0)
+        except ConnectionClosed:
+            pass
+        finally:
+            rcvd = ws.protocol.close_rcvd  # None when the TCP connection just died (no close frame)
+            if rcvd is not None:
+                code, reason = rcvd.code, rcvd.reason
+        if a.gen != core.gen:
+            return  # dropped on purpose (stall, new connection): the core already moved on
+        if self.up is ws:
+            self.up = None
+            upstream.active -= 1
+            self.upstream = None
+        if code != 1000:
+            self.pool.failure(upstream.name, self.loop.time())
+        self.apply(core.upstream_closed(a.gen, code, reason, self.loop.time()))
+
+    # ------------------------------------------------------------------ client
+    def _close_client(self, a: CloseClient) -> None:
+        self.close_code = a.code
+        self.loop.create_task(self._close_client_after_flush(a))
+
+    async def _close_client_after_flush(self, a: CloseClient) -> None:
+        # Deliver what is queued (trailing results, Metadata) before the close frame.
+        while self._client_flushing or self._to_client:
+            if not self._client_flushing:
+                await self._flush_client()
+            else:
+                await asyncio.sleep(0)
+        try:
+            await self.client.close(code=a.code, message=a.reason.encode()[:120])
+        except Exception:  # the client may already be gone
+            pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished.is_set():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._drop_upstream()
+        self.metrics.audio_buffered.dec(self._buffered)
+        self._buffered = 0.0
+        self.finished.set()
+        if self.on_done is not None:
+            self.on_done(self)
+
+    # Entry points used by the client edge.
+    def start(self) -> None:
+        self.apply(self.core._take())
+
+    def client_audio(self, data: bytes) -> None:
+        t0 = time.perf_counter()
+        self.apply(self.core.client_audio(data, self.loop.time()))
+        self.metrics.overhead.labels("upstream").observe(time.perf_counter() - t0)
+
+    def client_text(self, text: str) -> None:
+        self.apply(self.core.client_text(text, self.loop.time()))
+
+    def client_closed(self) -> None:
+        self.apply(self.core.client_closed(self.loop.time()))
+
+    def drain(self, code: int = 1012) -> None:
+        self.apply(self.core.drain(self.loop.time(), code))
+
+    def summary(self) -> dict[str, Any]:
+        st = self.core.stats
+        lat = sorted(st.latencies)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else None
+
+        fmt = self.core.fmt
+        return {
+            "session_id": self.core.session_id,
+            "duration_s": round(self.loop.time() - self.core.created, 3),
+            "audio_s": round(fmt.bytes_to_seconds(st.audio_bytes), 3),
+            "reconnects": st.reconnects,
+            "replayed_s": round(fmt.bytes_to_seconds(st.replayed_bytes), 3),
+            "dropped_s": round(fmt.bytes_to_seconds(st.dropped_bytes), 3),
+            "duplicates": st.duplicates,
+            "results": st.results,
+            "latency_p50_ms": pct(0.5),
+            "latency_p95_ms": pct(0.95),
+            "first_word_ms": None
+            if st.first_word_latency is None
+            else round(st.first_word_latency * 1000, 1),
+            "close_code": self.close_code,
+            "error": st.fatal,
+        }

@@ -160,7 +160,10 @@ class Session:
         self.attempt = 0
         self.base = 0  # absolute byte position the current upstream's time 0 maps to
         self.sent_pos = 0  # absolute byte position sent to the current upstream
-        self._unanswered_since: float | None = None
+        self._unanswered_since: float | None = None  # first send after the last upstream message
+        self._controls_pending = 0  # Finalize/CloseStream sent on this connection, not yet answered
+        self._control_since: float | None = None
+        self._finalize_owed = 0  # client Finalize/CloseStream whose final the client has not had yet
         self._last_activity = now  # last client audio or keepalive sent upstream
 
         # Delivery state (client timeline, in samples).
@@ -211,6 +214,8 @@ class Session:
         self.gen += 1
         self.connected = False
         self._unanswered_since = None
+        self._control_since = None
+        self._controls_pending = 0
         self._actions.append(Connect(delay, self.attempt, self.gen, reason))
 
     @property
@@ -282,11 +287,10 @@ class Session:
         elif kind == "Finalize":
             if not self.closing:
                 self._flush_partial(now)
+                self._finalize_owed += 1
                 self.ring.append_control(self.framed_pos, FINALIZE)
                 if self.connected:
-                    self._actions.append(SendUpstream(FINALIZE))
-                    if self._unanswered_since is None:
-                        self._unanswered_since = now
+                    self._send_control(FINALIZE, now)
         elif kind == "CloseStream":
             self._begin_close(now)
         else:
@@ -323,6 +327,7 @@ class Session:
         if self.closing:
             return
         self.closing = True
+        self._finalize_owed += 1
         self._flush_partial(now)
         if self._partial:  # a dangling odd byte cannot be sent as audio
             self._partial.clear()
@@ -331,9 +336,7 @@ class Session:
         if not self.connected and not self.ring.nbytes:
             self._finish(self.close_code, "stream closed")  # nothing left to transcribe
         elif self.connected:
-            self._actions.append(SendUpstream(CLOSE_STREAM))
-            if self._unanswered_since is None:
-                self._unanswered_since = now
+            self._send_control(CLOSE_STREAM, now)
 
     def _finish(self, code: int, reason: str) -> None:
         if self.done:
@@ -372,8 +375,13 @@ class Session:
         replay_bytes = sum(len(i.data) for i in replay if i.data is not None)
         if self.attempt or self.stats.reconnects:
             self._status("replaying", replay_s=round(self.fmt.bytes_to_seconds(replay_bytes), 3))
+        self._controls_pending = 0
+        self._control_since = None
         for item in replay:
-            self._actions.append(SendUpstream(item.data if item.data is not None else item.control or ""))
+            if item.data is not None:
+                self._actions.append(SendUpstream(item.data))
+            else:
+                self._send_control(item.control or "", now)
         self.sent_pos = self.framed_pos
         if replay_bytes and self.stats.reconnects:
             self.stats.replayed_bytes += replay_bytes
@@ -382,10 +390,16 @@ class Session:
             self._unanswered_since = now
         self._last_activity = now
         if self.closing:
-            self._actions.append(SendUpstream(CLOSE_STREAM))
-            self._unanswered_since = self._unanswered_since or now
+            self._send_control(CLOSE_STREAM, now)
         self._status("connected")
         return self._take()
+
+    def _send_control(self, message: str, now: float) -> None:
+        """Finalize and CloseStream must be answered; an unanswered one is a stall too."""
+        self._actions.append(SendUpstream(message))
+        self._controls_pending += 1
+        if self._control_since is None:
+            self._control_since = now
 
     def upstream_failed(self, gen: int, status: int | None, reason: str, now: float) -> list[Action]:
         """The handshake failed (``status`` is the HTTP status, None for a network error)."""
@@ -508,16 +522,24 @@ class Session:
                 alt["words"] = kept
                 alt["transcript"] = " ".join(str(w.get("punctuated_word") or w.get("word", "")) for w in kept)
             nwords = max(nwords, len(kept))
+        if is_final and msg.get("from_finalize") and self._controls_pending:
+            self._controls_pending -= 1
+            self._control_since = now if self._controls_pending else None
         if is_final:
-            if end <= delivered and not msg.get("from_finalize"):
+            from_finalize = bool(msg.get("from_finalize"))
+            if end <= delivered and not (from_finalize and self._finalize_owed):
+                # Already delivered; a re-sent Finalize/CloseStream's answer after a reconnect
+                # is a duplicate too once the client has had one for each it sent.
                 self.stats.duplicates += 1
                 self._actions.append(Count("duplicate"))
                 return
             if start < delivered:
                 start = delivered
                 changed = True
+            if from_finalize and self._finalize_owed:
+                self._finalize_owed -= 1
             self.delivered_end[ch] = max(delivered, end)
-            self._ack(now)
+            self._ack(answered=1 if from_finalize else 0)
         else:
             floor = max(delivered, self._interim_end.get(ch, -1))
             if end <= floor:
@@ -553,16 +575,17 @@ class Session:
             msg["proxy"] = {"seq": self.seq}
         self._emit_client(msg)
 
-    def _ack(self, now: float) -> None:
+    def _ack(self, answered: int) -> None:
         """The watermark is the minimum over channels of the last final's end."""
         if not self.fmt.raw:
             return  # container audio is replayed from its start; nothing is released
         ends = self.delivered_end
         if len(ends) < self.fmt.channels:
+            self.ring.release(self.ring.start, answered)
             return
         ack = self.fmt.samples_to_bytes(min(ends.values()))
         ack = min(ack, self.framed_pos)
-        self.ring.release(ack)
+        self.ring.release(ack, answered)
         arrivals = self._arrivals
         while len(arrivals) > 1 and arrivals[0][0] <= ack:
             arrivals.popleft()
@@ -586,11 +609,18 @@ class Session:
             cands.append(self._partial_since + self._frame_s)
         if self.connected and not self.closing:
             cands.append(self._last_activity + self.s.keepalive_s)
-        if self.connected and self._unanswered_since is not None:
-            cands.append(self._unanswered_since + self.s.stall_timeout_s)
+        stall_since = self._stall_since()
+        if self.connected and stall_since is not None:
+            cands.append(stall_since + self.s.stall_timeout_s)
         if self._close_deadline is not None and not self.done:
             cands.append(self._close_deadline)
         return min(cands) if cands else None
+
+    def _stall_since(self) -> float | None:
+        a, b = self._unanswered_since, self._control_since
+        if a is None:
+            return b
+        return a if b is None else min(a, b)
 
     def tick(self, now: float) -> list[Action]:
         if self.done:
@@ -602,8 +632,8 @@ class Session:
             self._last_activity = now
         if (
             self.connected
-            and self._unanswered_since is not None
-            and now >= self._unanswered_since + self.s.stall_timeout_s
+            and (since := self._stall_since()) is not None
+            and now >= since + self.s.stall_timeout_s
         ):
             self._actions.append(DropUpstream("stall"))
             self._retry(now, "stall")

@@ -61,30 +61,33 @@ class RingBuffer:
         self._items.append(Item(pos, None, message))
 
     def _drop_head(self, nbytes: int) -> int:
-        target = self.start + nbytes
-        dropped = self._cut(target)
+        dropped = self._cut(self.start + nbytes, answered=len(self._items))
         self.dropped_bytes += dropped
         return dropped
 
-    def release(self, ack: int) -> int:
-        """Free audio before ``ack`` and controls at or before it; returns bytes released."""
-        if ack <= self.start:
-            # Controls sent exactly at the watermark are acknowledged with it.
-            while self._items and self._items[0].data is None and self._items[0].pos <= ack:
-                self._items.popleft()
-            return 0
-        return self._cut(ack)
+    def release(self, ack: int, answered: int = 0) -> int:
+        """Free audio before ``ack`` and the ``answered`` oldest controls; returns bytes freed.
 
-    def _cut(self, target: int) -> int:
+        A control is only released once answered (a Finalize by its ``from_finalize`` final): if
+        the connection dies first, it must be replayed even though audio after it was acknowledged.
+        """
+        return self._cut(max(ack, self.start), answered=answered)
+
+    def _cut(self, target: int, *, answered: int) -> int:
         freed = 0
         items = self._items
+        kept: list[Item] = []  # unanswered controls that stay at the head
         while items:
             head = items[0]
             if head.data is None:
-                if head.pos <= target:
-                    items.popleft()
-                    continue
-                break
+                if head.pos > target:
+                    break
+                items.popleft()
+                if answered > 0:
+                    answered -= 1
+                else:
+                    kept.append(head)
+                continue
             if head.end <= target:
                 items.popleft()
                 freed += len(head.data)
@@ -95,6 +98,15 @@ class RingBuffer:
                 head.pos = target
                 freed += cut
             break
+        if answered > 0:  # answers for controls queued behind audio still held
+            for i, item in enumerate(items):
+                if answered == 0:
+                    break
+                if item.data is None:
+                    del items[i]
+                    answered -= 1
+                    break
+        items.extendleft(reversed(kept))
         self.nbytes -= freed
         self.start = target
         return freed

@@ -278,9 +278,7 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 @SETTINGS
 @given(run_audio(), chunk_sizes, endpointing)
-def test_finals_match_oracle_for_any_chunking(
-    audio: tuple[int, np.ndarray], sizes: list[int], ep: int | None
-) -> None:
+def test_finals_match_oracle_for_any_chunking(audio: tuple[int, np.ndarray], sizes: list[int], ep: int | None) -> None:
     sr, samples = audio
     data = samples.tobytes()
     expected = oracle_finals(samples, sr, ep)

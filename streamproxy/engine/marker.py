@@ -48,12 +48,8 @@ class MarkerRecognizer:
             raise ValueError("sample_rate must be positive")
         self.sample_rate = sample_rate
         self._min_word = ms_to_samples(20, sample_rate)
-        self._endpoint = (
-            None if endpointing_ms is None else max(1, ms_to_samples(endpointing_ms, sample_rate))
-        )
-        self._utt_end = (
-            None if utterance_end_ms is None else max(1, ms_to_samples(utterance_end_ms, sample_rate))
-        )
+        self._endpoint = None if endpointing_ms is None else max(1, ms_to_samples(endpointing_ms, sample_rate))
+        self._utt_end = None if utterance_end_ms is None else max(1, ms_to_samples(utterance_end_ms, sample_rate))
         self._three = 3 * sample_rate
         self._interim_step = ms_to_samples(100, sample_rate) if interim_results else None
         self._vad = vad_events
@@ -250,8 +246,6 @@ class MarkerRecognizer:
         )
 
     def _emit_final(self, c: int, *, speech_final: bool, from_finalize: bool) -> None:
-        self._out.append(
-            self._result(c, is_final=True, speech_final=speech_final, from_finalize=from_finalize)
-        )
+        self._out.append(self._result(c, is_final=True, speech_final=speech_final, from_finalize=from_finalize))
         self._final_end = c
         self._pending = []

@@ -94,7 +94,10 @@ Event = Result | SpeechStarted | UtteranceEnd
 class Recognizer(Protocol):
     """Sans-I/O streaming recognizer: bytes in, events out."""
 
-    position_s: float
+    @property
+    def position_s(self) -> float:
+        """Audio received so far, in seconds."""
+        ...
 
     def feed(self, pcm: bytes) -> list[Event]: ...
 

@@ -61,9 +61,7 @@ def espeak_wav16(text: str, directory: Path, name: str = "speech") -> Path:
     raw = directory / f"{name}.wav"
     out = directory / f"{name}16.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(
-        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True
-    )
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
     return out
 
 

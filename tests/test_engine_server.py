@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import wave
 from collections.abc import AsyncIterator
@@ -503,3 +504,43 @@ async def test_pocketsphinx_rejects_other_rates_and_transcribes_files(
     hyp = resp.results.channels[0].alternatives[0].transcript or ""  # type: ignore[index]
     assert recall(SENTENCES, hyp) >= 0.25, (hyp, wer(SENTENCES, hyp))
     assert len([w for w in DISTINCTIVE if w in hyp.split()]) >= 4, hyp
+
+
+def test_pocketsphinx_recognizer_silence_finalize_and_rate(speech_wav: tuple[Path, Path]) -> None:
+    from streamproxy.engine.sphinx import SphinxRecognizer
+
+    with pytest.raises(ValueError, match="16000"):
+        SphinxRecognizer(8000)
+    # Over silence: an empty final every 3 s, never reaching into the endpointer's look-back.
+    r = SphinxRecognizer()
+    ev = []
+    for c in chunks(bytes(2 * 16000 * 10), 3200):
+        ev += r.feed(c)
+    ev += r.close()
+    assert [(e.start, e.end, e.words) for e in ev if isinstance(e, Result)] == [
+        (0.0, 3.0, []),
+        (3.0, 6.0, []),
+        (6.0, 9.0, []),
+        (9.0, 10.0, []),
+    ]
+    # Finalize in the middle of speech decodes what was received (look-back and partial frame
+    # included), then the stream carries on.
+    with wave.open(str(speech_wav[1])) as w:
+        pcm = bytes(16000) + w.readframes(w.getnframes()) + bytes(32000)
+    r = SphinxRecognizer(interim_results=False)
+    ev = []
+    cut = 16000 * 2 * 3 + 1234  # 3 s in, mid-word, odd frame boundary
+    for c in chunks(pcm[:cut], 3200):
+        ev += r.feed(c)
+    ev += r.finalize()
+    fin = [e for e in ev if isinstance(e, Result) and e.from_finalize]
+    assert len(fin) == 1 and fin[0].end == (cut // 2) / 16000 and fin[0].words
+    for c in chunks(pcm[cut:], 3200):
+        ev += r.feed(c)
+    ev += r.close()
+    finals = [e for e in ev if isinstance(e, Result) and e.is_final]
+    assert all(a.end == b.start for a, b in itertools.pairwise(finals))
+    assert finals[-1].end == (len(pcm) // 2) / 16000
+    for f in finals:
+        assert all(f.start <= w.start < w.end <= f.end + 0.02 for w in f.words), f
+    assert len([w for f in finals for w in f.words]) >= 15

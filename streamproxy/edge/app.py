@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -15,10 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Config
 from ..metrics import Metrics
-from ..session.core import Session, SessionSettings
-from ..session.runner import SessionRunner
+from ..session.core import ResumeError, Session, SessionSettings
+from ..session.runner import ClientSocket, SessionRunner
 from ..upstream.pool import UpstreamPool
-from .params import ParamError, parse_params
+from .params import ParamError, StreamParams, parse_params
 
 log = logging.getLogger("streamproxy.edge")
 
@@ -33,6 +34,35 @@ class Gateway:
     runners: set[SessionRunner] = field(default_factory=set)
     draining: bool = False
     client_keys: tuple[str, ...] = ()
+    sessions: dict[str, SessionRunner] = field(default_factory=dict)  # resumable sessions by id
+
+    def open_session(self, sid: str, params: StreamParams, client: ClientSocket, owner: str) -> SessionRunner:
+        loop = asyncio.get_running_loop()
+        settings = self.settings(params.proxy_events)
+        core = Session(params.fmt, settings, now=loop.time(), session_id=sid)
+        runner = SessionRunner(core, client, self.pool, params.upstream_query, self.metrics, on_done=self._session_done)
+        runner.owner = owner
+        self.runners.add(runner)
+        if core.resumable:
+            self.sessions[sid] = runner
+        self.metrics.sessions_active.inc()
+        runner.start()
+        return runner
+
+    def _session_done(self, runner: SessionRunner) -> None:
+        """Accounting once per session, whichever way it ended."""
+        core = runner.core
+        self.runners.discard(runner)
+        self.sessions.pop(core.session_id, None)
+        self.metrics.sessions_active.dec()
+        outcome = runner.outcome
+        if core.stats.fatal:
+            outcome = "upstream_error"
+        elif runner.close_code == 1012:
+            outcome = "drained"
+        self.metrics.sessions_total.labels(outcome).inc()
+        self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
+        log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
 
     def settings(self, proxy_events: bool) -> SessionSettings:
         s, r = self.cfg.session, self.cfg.reconnect
@@ -47,6 +77,7 @@ class Gateway:
             backoff_cap_s=r.cap_s,
             max_attempts=r.max_attempts,
             proxy_events=proxy_events,
+            resume_grace_s=s.resume_grace_s,
         )
 
 
@@ -107,6 +138,12 @@ def authorized(gw: Gateway, request: web.Request) -> bool:
     return ok
 
 
+def owner_of(request: web.Request) -> str:
+    """Who may resume a session: a digest of the credential it was opened with ("" if anonymous)."""
+    cred = client_credential(request)
+    return hashlib.sha256(f"{cred[0]}:{cred[1]}".encode()).hexdigest() if cred else ""
+
+
 async def listen_ws(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     sid = str(uuid.uuid4())
@@ -118,7 +155,17 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
         return deepgram_error(401, "Invalid credentials.", request_id=sid)
     if gw.draining:
         return deepgram_error(503, "Server is draining; reconnect to another instance.", request_id=sid)
-    if len(gw.runners) >= gw.cfg.limits.max_sessions:
+    owner = owner_of(request)
+    resumed: SessionRunner | None = None
+    if params.resume:
+        resumed = gw.sessions.get(params.resume)
+        if resumed is None or resumed.finished.is_set():
+            msg = f"session {params.resume!r} not found or its resume window has expired; start a new session"
+            return deepgram_error(404, msg, request_id=sid)
+        if not hmac.compare_digest(resumed.owner, owner):
+            return deepgram_error(403, "session belongs to another client credential", request_id=sid)
+        sid = params.resume
+    elif len(gw.runners) >= gw.cfg.limits.max_sessions:
         resp = deepgram_error(429, "Too many concurrent sessions.", request_id=sid)
         resp.headers["Retry-After"] = "1"
         return resp
@@ -131,47 +178,54 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
     )
     ws.headers["dg-request-id"] = sid
     await ws.prepare(request)
-    loop = asyncio.get_running_loop()
-    core = Session(params.fmt, gw.settings(params.proxy_events), now=loop.time(), session_id=sid)
-    runner = SessionRunner(core, ws, gw.pool, params.upstream_query, gw.metrics)
-    gw.runners.add(runner)
-    gw.metrics.sessions_active.inc()
-    runner.start()
-    outcome = "ok"
-    try:
-        async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                if msg.data:
-                    runner.client_audio(msg.data)
-                else:  # legacy Deepgram clients close a stream with an empty frame
-                    runner.client_text('{"type":"CloseStream"}')
-            elif msg.type == WSMsgType.TEXT:
-                runner.client_text(msg.data)
-            elif msg.type == WSMsgType.ERROR:
-                outcome = "client_error"
-                break
-        if not core.closing:
-            if outcome == "ok":
-                outcome = "client_gone"
-            runner.client_closed()
-        timeout = gw.cfg.session.close_timeout_s + 5.0
+    if resumed is not None:
+        runner = resumed
         try:
-            await asyncio.wait_for(runner.finished.wait(), timeout)
-        except TimeoutError:
-            outcome = "timeout"
-    finally:
-        if not runner.finished.is_set():
-            runner._finish()
-        gw.runners.discard(runner)
-        gw.metrics.sessions_active.dec()
-        if core.stats.fatal:
-            outcome = "upstream_error"
-        elif runner.close_code == 1012:
-            outcome = "drained"
-        gw.metrics.sessions_total.labels(outcome).inc()
-        gw.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
-        log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
+            runner.resume(ws, params.last_seq or 0, params.audio_offset)
+        except ResumeError as e:
+            await ws.send_str(orjson.dumps(_error_msg("RESUME_FAILED", str(e))).decode())
+            await ws.close(code=1008, message=b"resume failed")
+            return ws
+    else:
+        runner = gw.open_session(sid, params, ws, owner)
+    await _pump(gw, ws, runner)
     return ws
+
+
+def _error_msg(code: str, description: str) -> dict[str, str]:
+    return {
+        "type": "Error",
+        "variant": "ProxyError",
+        "description": description,
+        "err_code": code,
+        "err_msg": description,
+    }
+
+
+async def _pump(gw: Gateway, ws: web.WebSocketResponse, runner: SessionRunner) -> None:
+    """Feed the client's frames to the session until the client or the session ends."""
+    async for msg in ws:
+        if msg.type == WSMsgType.BINARY:
+            if msg.data:
+                runner.client_audio(msg.data)
+            else:  # legacy Deepgram clients close a stream with an empty frame
+                runner.client_text('{"type":"CloseStream"}')
+        elif msg.type == WSMsgType.TEXT:
+            runner.client_text(msg.data)
+        elif msg.type == WSMsgType.ERROR:
+            runner.outcome = "client_error"
+            break
+    if runner.client is not ws:
+        return  # a resumed connection took the session over
+    if not runner.core.closing:
+        runner.client_gone()
+        if runner.core.detached:
+            return  # resumable: the session waits for the client without this handler
+    try:
+        await asyncio.wait_for(runner.finished.wait(), gw.cfg.session.close_timeout_s + 5.0)
+    except TimeoutError:
+        runner.outcome = "timeout"
+        runner._finish()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -188,9 +242,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_route(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return web.Response(
-        body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return web.Response(body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(gw: Gateway) -> web.Application:

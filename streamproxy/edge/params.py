@@ -24,7 +24,7 @@ DEEPGRAM_LIVE_PARAMS = frozenset(
         "utterance_end_ms", "vad_events", "version",
     }
 )  # fmt: skip
-PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq"})
+PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq", "audio_offset"})
 BOOL_PARAMS = frozenset(
     {
         "detect_entities", "diarize", "dictation", "filler_words", "interim_results", "mip_opt_out",
@@ -47,6 +47,7 @@ class StreamParams:
     interim_results: bool = False
     resume: str | None = None
     last_seq: int | None = None
+    audio_offset: int | None = None
 
 
 def _int(name: str, value: str, lo: int, hi: int) -> int:
@@ -86,6 +87,9 @@ def parse_params(query: MultiMapping[str]) -> StreamParams:
         _int("utterance_end_ms", query["utterance_end_ms"], 0, 60_000)
     resume = query.get("resume")
     last_seq = _int("last_seq", query["last_seq"], 0, 2**62) if "last_seq" in query else None
+    audio_offset = _int("audio_offset", query["audio_offset"], 0, 2**62) if "audio_offset" in query else None
+    if (last_seq is not None or audio_offset is not None) and not resume:
+        raise ParamError("last_seq and audio_offset are only valid with resume=<session id>")
     upstream = [(k, v) for k, v in query.items() if k not in PROXY_PARAMS]
     return StreamParams(
         fmt=AudioFormat(encoding, sr, channels),
@@ -94,4 +98,5 @@ def parse_params(query: MultiMapping[str]) -> StreamParams:
         interim_results=query.get("interim_results", "false").lower() == "true",
         resume=resume,
         last_seq=last_seq,
+        audio_offset=audio_offset,
     )

@@ -45,6 +45,8 @@ class SessionSettings:
     backoff_cap_s: float = 30.0
     max_attempts: int = 10  # 0 = unlimited
     proxy_events: bool = False
+    resume_grace_s: float = 0.0  # > 0 (with proxy_events) keeps a dropped client's session resumable
+    outbox_max: int = 1024  # delivered messages kept for a resuming client
 
 
 # ----------------------------------------------------------------------------- actions
@@ -99,6 +101,10 @@ class Count:
 
 
 Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count
+
+
+class ResumeError(Exception):
+    """A resume request that cannot be honoured; the message is shown to the client."""
 
 
 @dataclass(slots=True)
@@ -173,6 +179,11 @@ class Session:
         self._utterance_end = -1
         self._arrivals: deque[tuple[int, float]] = deque()  # (client_pos after chunk, arrival time)
         self.seq = 0
+        # Resumption: what was delivered (by seq), and the state of a dropped client.
+        self._outbox: deque[tuple[int, str]] = deque(maxlen=settings.outbox_max)
+        self.detached = False
+        self._detach_deadline: float | None = None
+        self._resume_pos: int | None = None  # stream offset of the next byte from a resumed client
 
         # Closing.
         self.closing = False
@@ -189,8 +200,12 @@ class Session:
         out, self._actions = self._actions, []
         return out
 
+    @property
+    def resumable(self) -> bool:
+        return self.s.proxy_events and self.s.resume_grace_s > 0
+
     def _emit_client(self, msg: dict[str, Any] | bytes | str) -> None:
-        if self.client_gone:
+        if self.client_gone or self.detached:
             return
         if isinstance(msg, dict):
             msg = orjson.dumps(msg).decode()
@@ -227,6 +242,13 @@ class Session:
         """Audio from the client: re-frame, buffer, forward; empty data is ignored (not a close)."""
         if self.closing or not data:
             return self._take()
+        if self._resume_pos is not None:  # a resumed client resends audio we may already have
+            skip = self.client_pos - self._resume_pos
+            if skip >= len(data):
+                self._resume_pos += len(data)
+                return self._take()
+            data = data[skip:] if skip > 0 else data
+            self._resume_pos = None
         self.client_pos += len(data)
         self.stats.audio_bytes += len(data)
         self._arrivals.append((self.client_pos, now))
@@ -558,12 +580,7 @@ class Session:
                 self._actions.append(Observe("first_word", latency))
         self.stats.results += 1
         if self.s.proxy_events:
-            self.seq += 1
-            msg["proxy"] = {
-                "seq": self.seq,
-                "latency_ms": None if latency is None else round(latency * 1000, 3),
-            }
-            self._emit_client(msg)
+            self._emit_seq(msg, latency_ms=None if latency is None else round(latency * 1000, 3))
         elif changed or filtered:
             self._emit_client(msg)
         else:
@@ -571,9 +588,50 @@ class Session:
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         if self.s.proxy_events:
-            self.seq += 1
-            msg["proxy"] = {"seq": self.seq}
-        self._emit_client(msg)
+            self._emit_seq(msg)
+        else:
+            self._emit_client(msg)
+
+    def _emit_seq(self, msg: dict[str, Any], **proxy: Any) -> None:
+        """Number a message for the client and keep it for a resume."""
+        self.seq += 1
+        msg["proxy"] = {"seq": self.seq, **proxy}
+        text = orjson.dumps(msg).decode()
+        if self.resumable:
+            self._outbox.append((self.seq, text))
+        self._emit_client(text)
+
+    # ------------------------------------------------------------------ resumption
+    def client_detached(self, now: float) -> list[Action]:
+        """The socket dropped without CloseStream: hold the session (upstream alive) for the grace window."""
+        if not self.resumable or self.closing or self.done:
+            return self.client_closed(now)
+        self.detached = True
+        self._detach_deadline = now + self.s.resume_grace_s
+        return self._take()
+
+    def client_resumed(self, last_seq: int, audio_offset: int | None, now: float) -> list[Action]:
+        """A client reattached: re-send what it missed; audio it resends from ``audio_offset`` is de-duplicated."""
+        if self.done or self.closing:
+            raise ResumeError("session already closed")
+        if last_seq > self.seq:
+            raise ResumeError(f"last_seq {last_seq} is ahead of the session (seq {self.seq})")
+        oldest = self._outbox[0][0] if self._outbox else self.seq + 1
+        if last_seq + 1 < oldest:
+            raise ResumeError(f"results after seq {last_seq} are no longer held (oldest kept: {oldest})")
+        if audio_offset is not None and audio_offset > self.client_pos:
+            raise ResumeError(
+                f"audio_offset {audio_offset} is beyond the audio received ({self.client_pos} bytes): "
+                "audio would be lost"
+            )
+        self.detached = False
+        self._detach_deadline = None
+        self._resume_pos = audio_offset if audio_offset is not None else self.client_pos
+        self._status("resumed", audio_bytes_received=self.client_pos, last_seq=self.seq)
+        for seq, text in self._outbox:
+            if seq > last_seq:
+                self._actions.append(SendClient(text))
+        return self._take()
 
     def _ack(self, answered: int) -> None:
         """The watermark is the minimum over channels of the last final's end."""
@@ -614,6 +672,8 @@ class Session:
             cands.append(stall_since + self.s.stall_timeout_s)
         if self._close_deadline is not None and not self.done:
             cands.append(self._close_deadline)
+        if self._detach_deadline is not None:
+            cands.append(self._detach_deadline)
         return min(cands) if cands else None
 
     def _stall_since(self) -> float | None:
@@ -637,6 +697,11 @@ class Session:
         ):
             self._actions.append(DropUpstream("stall"))
             self._retry(now, "stall")
+        if self._detach_deadline is not None and now >= self._detach_deadline:
+            self._detach_deadline = None
+            self.detached = False
+            self.client_gone = True
+            self._begin_close(now)  # grace window over: finish the upstream side cleanly
         if self._close_deadline is not None and now >= self._close_deadline:
             self._finish(self.close_code, "close timeout")
         return self._take()

@@ -47,7 +47,7 @@ class SessionRunner:
     def __init__(
         self,
         core: Session,
-        client: ClientSocket,
+        client: ClientSocket | None,
         pool: UpstreamPool,
         upstream_query: str,
         metrics: Metrics,
@@ -55,7 +55,9 @@ class SessionRunner:
         on_done: Callable[[SessionRunner], None] | None = None,
     ) -> None:
         self.core = core
-        self.client = client
+        self.client: ClientSocket | None = client
+        self.owner = ""  # digest of the credential that opened the session (who may resume it)
+        self.outcome = "ok"
         self.pool = pool
         self.query = upstream_query
         self.metrics = metrics
@@ -144,11 +146,15 @@ class SessionRunner:
         try:
             while self._to_client:
                 data = self._to_client.popleft()
+                client = self.client
+                if client is None:
+                    self._to_client.clear()  # detached: a resumed client gets it from the outbox
+                    break
                 try:
                     if isinstance(data, str):
-                        await self.client.send_str(data)
+                        await client.send_str(data)
                     else:
-                        await self.client.send_bytes(data)
+                        await client.send_bytes(data)
                 except (ConnectionError, RuntimeError):
                     self._to_client.clear()
                     break
@@ -256,10 +262,11 @@ class SessionRunner:
                 await self._flush_client()
             else:
                 await asyncio.sleep(0)
-        try:
-            await self.client.close(code=a.code, message=a.reason.encode()[:120])
-        except Exception:  # the client may already be gone
-            pass
+        if self.client is not None:
+            try:
+                await self.client.close(code=a.code, message=a.reason.encode()[:120])
+            except Exception:  # the client may already be gone
+                pass
         self._finish()
 
     def _finish(self) -> None:
@@ -289,6 +296,29 @@ class SessionRunner:
     def client_closed(self) -> None:
         self.apply(self.core.client_closed(self.loop.time()))
 
+    def client_gone(self) -> None:
+        """The socket dropped without CloseStream: hold the session if resumable, else finish it."""
+        if self.outcome == "ok":
+            self.outcome = "client_gone"
+        self.apply(self.core.client_detached(self.loop.time()))
+        if self.core.detached:
+            self.client = None
+            self._to_client.clear()
+
+    def resume(self, client: ClientSocket, last_seq: int, audio_offset: int | None) -> None:
+        """Attach a reconnected client; raises ResumeError (and leaves the session as it was)."""
+        now = self.loop.time()
+        old = self.client
+        if not self.core.detached:
+            self.apply(self.core.client_detached(now))  # the old socket has not noticed its drop yet
+            self.client = None
+            if old is not None:
+                self.loop.create_task(old.close(code=4000, message=b"session resumed elsewhere"))
+        actions = self.core.client_resumed(last_seq, audio_offset, now)
+        self.client = client
+        self.outcome = "ok"
+        self.apply(actions)
+
     def drain(self, code: int = 1012) -> None:
         self.apply(self.core.drain(self.loop.time(), code))
 
@@ -311,9 +341,7 @@ class SessionRunner:
             "results": st.results,
             "latency_p50_ms": pct(0.5),
             "latency_p95_ms": pct(0.95),
-            "first_word_ms": None
-            if st.first_word_latency is None
-            else round(st.first_word_latency * 1000, 1),
+            "first_word_ms": None if st.first_word_latency is None else round(st.first_word_latency * 1000, 1),
             "close_code": self.close_code,
             "error": st.fatal,
         }

@@ -108,7 +108,9 @@ class SessionRunner:
 
     def _count(self, a: Count) -> None:
         m = self.metrics
-        name = self.upstream.name if self.upstream else ""
+        # The failed connection is already cleared when its reconnect is counted: label it by the
+        # upstream last tried, never "".
+        name = self.upstream.name if self.upstream else (self._last_upstream or "")
         if a.name == "reconnect":
             m.upstream_reconnects.labels(name, a.label).inc()
         elif a.name == "replayed_s":

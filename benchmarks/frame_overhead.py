@@ -1,0 +1,154 @@
+"""Time a frame spends inside the proxy: client -> streamproxy -> sink, against client -> sink directly.
+
+The sink is a bare WebSocket server that timestamps each frame's arrival; the client and the sink
+share one process (one clock), the gateway runs as its own process (optionally pinned to a core).
+Per frame: one-way time through the gateway minus the one-way time of the direct path, measured in
+the same run, so the difference is what streamproxy adds (its processing plus one loopback hop).
+
+    python benchmarks/frame_overhead.py [--frames 3000] [--streams 20] [--cpu 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAME = 3200  # 100 ms of 16 kHz linear16
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    arrivals: dict[tuple[int, int], float] = {}
+
+    async def sink(ws: ServerConnection) -> None:
+        try:
+            async for msg in ws:
+                if isinstance(msg, bytes) and len(msg) >= 8:
+                    stream, seq = struct.unpack_from("<II", msg)
+                    arrivals[(stream, seq)] = time.perf_counter()
+        except websockets.ConnectionClosed:
+            pass  # the gateway aborts its upstream sockets at shutdown
+
+    async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        sink_port = server.sockets[0].getsockname()[1]
+        gw_port = int(os.environ.get("BENCH_GW_PORT", "0")) or _free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
+                "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600",
+                "STREAMPROXY_LOG_LEVEL": "warning",
+            }
+        )
+        cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(gw_port)]
+        if args.cpu is not None:
+            cmd = ["taskset", "-c", str(args.cpu), *cmd]
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+        try:
+            await _wait_port(gw_port)
+            results = {}
+            for name, url in [
+                ("direct", f"ws://127.0.0.1:{sink_port}/v1/listen"),
+                ("streamproxy", f"ws://127.0.0.1:{gw_port}/v1/listen?encoding=linear16&sample_rate=16000"),
+                ("direct_again", f"ws://127.0.0.1:{sink_port}/v1/listen"),
+            ]:
+                arrivals.clear()
+                sent = await _drive(url, args.streams, args.frames)
+                await asyncio.sleep(0.5)
+                lat = [(arrivals[k] - t) * 1e3 for k, t in sent.items() if k in arrivals]
+                lost = len(sent) - len(lat)
+                results[name] = {
+                    "frames": len(lat),
+                    "lost": lost,
+                    "p50_ms": pct(lat, 0.5),
+                    "p95_ms": pct(lat, 0.95),
+                    "p99_ms": pct(lat, 0.99),
+                    "mean_ms": statistics.fmean(lat),
+                }
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    base = {q: (results["direct"][q] + results["direct_again"][q]) / 2 for q in ("p50_ms", "p95_ms", "p99_ms")}
+    added = {q: results["streamproxy"][q] - base[q] for q in base}
+    return {"args": vars(args), "paths": results, "baseline_ms": base, "added_ms": added}
+
+
+async def _drive(url: str, streams: int, frames: int) -> dict[tuple[int, int], float]:
+    sent: dict[tuple[int, int], float] = {}
+    period = 0.1
+
+    async def one(i: int) -> None:
+        async with websockets.connect(url, compression=None, max_size=None) as ws:
+            payload = bytearray(FRAME)
+            t0 = time.perf_counter() + (i % 10) * 0.01  # spread streams over the frame period
+            for seq in range(frames // streams):
+                await asyncio.sleep(max(0.0, t0 + seq * period - time.perf_counter()))
+                struct.pack_into("<II", payload, 0, i, seq)
+                sent[(i, seq)] = time.perf_counter()
+                await ws.send(bytes(payload))
+            await asyncio.sleep(0.3)
+
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return sent
+
+
+async def _wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("gateway did not start")
+
+
+def _free_port() -> int:
+    from streamproxy.engine.supervisor import free_port
+
+    return free_port()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=3000, help="frames per path (all streams)")
+    p.add_argument("--streams", type=int, default=20, help="concurrent real-time streams")
+    p.add_argument("--cpu", type=int, default=None, help="pin the gateway to this core (taskset)")
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    res = asyncio.run(run(args))
+    print(f"{'path':<14}{'frames':>8}{'lost':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
+    for name, r in res["paths"].items():  # type: ignore[union-attr]
+        print(f"{name:<14}{r['frames']:>8}{r['lost']:>6}{r['p50_ms']:>10.3f}{r['p95_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+    a = res["added_ms"]
+    print(f"added by streamproxy: p50 {a['p50_ms']:.3f} ms, p95 {a['p95_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms")  # type: ignore[index]
+    out = ROOT / "benchmarks" / "results" / "frame_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(gw_port)]
         if args.cpu is not None:
             cmd = ["taskset", "-c", str(args.cpu), *cmd]
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT)  # noqa: ASYNC220 - started once, before measuring
         try:
             await _wait_port(gw_port)
             results = {}

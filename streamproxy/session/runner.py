@@ -165,20 +165,29 @@ class SessionRunner:
 
     # ------------------------------------------------------------------ timer
     def _reschedule(self) -> None:
+        """Keep one timer armed no later than the core's next deadline.
+
+        Most inputs only push deadlines later (KeepAlive after each frame), so an armed timer that
+        fires earlier is kept: it wakes, finds nothing due, and re-arms. That avoids re-creating a
+        timer for every audio frame.
+        """
         at = self.core.next_deadline()
-        if at == self._timer_at:
+        if at is None or self.core.done:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = at
-        if at is not None and not self.core.done:
-            self._timer = self.loop.call_at(at, self._on_timer)
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
+        # Event loops may fire a timer a hair early (uvloop has millisecond resolution); treat
+        # it as on time rather than spinning until the deadline has strictly passed.
+        at = self._timer_at or 0.0
         self._timer = None
         self._timer_at = None
-        self.apply(self.core.tick(self.loop.time()))
+        self.apply(self.core.tick(max(self.loop.time(), at)))
 
     # ------------------------------------------------------------------ upstream
     def _start_upstream(self, a: Connect) -> None:

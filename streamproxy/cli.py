@@ -1,4 +1,4 @@
-"""Command line: ``streamproxy serve | engine | stream``; each subcommand has ``--help``."""
+"""Command line: ``streamproxy serve | engine | stream | keys``; each subcommand has ``--help``."""
 
 from __future__ import annotations
 
@@ -19,17 +19,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .serve import run
 
-    cfg = _load(
-        args,
-        {
-            "server.port": args.port,
-            "server.host": args.host,
-            "engine.kind": args.engine,
-            "engine.processes": args.processes,
-        },
-    )
+    overrides = {
+        "server.port": args.port,
+        "server.host": args.host,
+        "engine.kind": args.engine,
+        "engine.processes": args.processes,
+    }
+    cfg = _load(args, overrides)
     setup_logging(cfg.log.level, cfg.log.format)
-    run(cfg)
+    run(cfg, lambda: _load(args, overrides))  # the loader re-reads config on SIGHUP
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Client keys: stored as salted scrypt hashes; the secret is printed once, on create."""
+    import json
+
+    from .edge.auth import KeyStore, keys_path
+
+    store = KeyStore(keys_path(_load(args, {})))
+    if args.keys_command == "create":
+        rec, secret = store.create(args.name)
+        print(secret)
+        print(
+            f"created key {rec.id}{f' ({rec.name})' if rec.name else ''} in {store.path}; the secret above is "
+            "shown only once. Reload the server to use it: systemctl reload streamproxy (SIGHUP).",
+            file=sys.stderr,
+        )
+        return 0
+    if args.keys_command == "revoke":
+        revoked = store.revoke(args.id)
+        if revoked is None:
+            print(f"streamproxy: no key with id {args.id!r} in {store.path}", file=sys.stderr)
+            return 1
+        print(f"revoked key {revoked.id}; reload the server to apply: systemctl reload streamproxy", file=sys.stderr)
+        return 0
+    records = store.load()
+    if args.json:
+        print(json.dumps([r.public() for r in records], indent=2))
+        return 0
+    if not records:
+        print(f"no keys in {store.path}", file=sys.stderr)
+        return 0
+    print(f"{'ID':<14} {'STATUS':<8} {'CREATED':<21} NAME")
+    for r in records:
+        print(f"{r.id:<14} {'active' if r.active else 'revoked':<8} {r.created:<21} {r.name}")
     return 0
 
 
@@ -83,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--fast", action="store_true", help="send as fast as possible instead of real time")
     st.add_argument("--no-interim", action="store_true", help="finals only")
     st.set_defaults(func=cmd_stream)
+
+    k = sub.add_parser("keys", help="manage client API keys (create, list, revoke)")
+    k.add_argument("--config", help=f"TOML config file (default: ${ENV_CONFIG_FILE} if set); keys go to auth.keys_file")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create a key and print its secret (shown only once)")
+    kc.add_argument("--name", default="", help="a label for the key, e.g. who uses it")
+    kl = ksub.add_parser("list", help="list keys (ids, names, status; never secrets)")
+    kl.add_argument("--json", action="store_true", help="machine-readable output")
+    kr = ksub.add_parser("revoke", help="revoke a key by id (tokens granted with it stop working too)")
+    kr.add_argument("id", help="key id, as shown by keys list")
+    k.set_defaults(func=cmd_keys)
     return p
 
 

@@ -6,6 +6,7 @@ including third-party libraries that might log a header or a URL with a key in i
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -16,8 +17,10 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "REQUEST_ID",
     "JsonFormatter",
     "RedactFilter",
+    "RequestIdFilter",
     "TextFormatter",
     "log_event",
     "redact_text",
@@ -26,6 +29,10 @@ __all__ = [
 ]
 
 REDACTED = "***"
+
+# The id of the request being handled; set by the edge middleware, inherited by the tasks and
+# callbacks a request creates, and stamped on every log line they write.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("streamproxy_request_id", default=None)
 
 # Field names whose values are secrets, compared case-insensitively with "-" read as "_".
 _SECRET_KEYS = frozenset(
@@ -128,6 +135,17 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` from the context to records that do not carry one explicitly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "request_id" not in record.__dict__:
+            rid = REQUEST_ID.get()
+            if rid is not None:
+                record.request_id = rid
+        return True
+
+
 def _safe_arg(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(value)} bytes>"
@@ -222,6 +240,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
         root.removeHandler(_handler)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
+    handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactFilter())
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from .config import Config, ConfigError
 from .edge.app import Gateway, build_app, is_loopback
+from .edge.auth import Authenticator, get_auth
+from .edge.limits import Limiter, get_limiter
 from .engine.supervisor import EngineSupervisor
 from .upstream.pool import Upstream, UpstreamPool
 
@@ -68,13 +73,16 @@ class Running:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        if self.gateway.limiter is not None:
+            await self.gateway.limiter.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
 
 
 async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
     """Start everything; returns once the port accepts connections."""
-    check_exposure(cfg, bool(client_keys))
+    auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
+    check_exposure(cfg, auth.has_keys)
     supervisor: EngineSupervisor | None = None
     if cfg.upstreams:
         upstreams = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
@@ -90,8 +98,9 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
         breaker_failures=cfg.reconnect.breaker_failures,
         breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s,
     )
-    gw = Gateway(cfg, pool, client_keys=client_keys)
-    runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None)
+    gw = Gateway(cfg, pool, client_keys=client_keys, auth=auth, limiter=Limiter(cfg))
+    # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
+    runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=4096, reuse_address=True)
     await site.start()
@@ -106,16 +115,60 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
             "host": cfg.server.host,
             "port": port,
             "upstreams": [u.name for u in upstreams],
+            "client_keys": auth.active_keys,
+            "anonymous": auth.anonymous_allowed(),
         },
     )
     return Running(gw, runner, port, supervisor)
+
+
+def reload(running: Running, new: Config) -> None:
+    """SIGHUP: re-read the key file and take ``[auth]`` and ``[limits]`` from ``new``.
+
+    Live sessions are untouched; new limits apply to new sessions and requests. Other sections
+    need a restart. On error (bad key file or config) nothing changes.
+    """
+    gw = running.gateway
+    cfg = dataclasses.replace(gw.cfg, auth=new.auth, limits=new.limits)
+    auth = get_auth(gw)
+    auth.reload(cfg)
+    get_limiter(gw).reload(cfg)
+    gw.cfg = cfg
+    log.info(
+        "reloaded keys and limits",
+        extra={
+            "event": "reloaded",
+            "client_keys": auth.active_keys,
+            "anonymous": auth.anonymous_allowed(),
+            "limits": dataclasses.asdict(cfg.limits),
+        },
+    )
+
+
+def _on_sighup(running: Running, load: Callable[[], Config] | None) -> None:
+    if running.gateway.draining:
+        return
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        reload(running, load() if load is not None else running.gateway.cfg)
+    except (ConfigError, ValueError, OSError) as e:
+        log.error(
+            "reload failed; keeping the previous keys and limits",
+            extra={"event": "reload_failed", "error": str(e)},
+        )
+    sd_notify(f"READY=1\nSTATUS={_status(running.gateway)}")
+
+
+def _status(gw: Gateway) -> str:
+    state = "draining, " if gw.draining else ""
+    return f"{state}{len(gw.runners)} sessions"
 
 
 async def drain(running: Running, cfg: Config) -> None:
     """SIGTERM: refuse new sessions, let live ones finish, then finalise and close them with 1012."""
     gw = running.gateway
     gw.draining = True
-    sd_notify("STOPPING=1")
+    sd_notify(f"STOPPING=1\nSTATUS={_status(gw)}")
     log.info("draining", extra={"event": "draining", "sessions": len(gw.runners)})
     for r in list(gw.runners):
         r.apply(r.core.announce_draining())
@@ -132,12 +185,14 @@ async def drain(running: Running, cfg: Config) -> None:
         )
 
 
-async def serve_forever(cfg: Config) -> None:
+async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain. ``load`` re-reads the configuration on SIGHUP."""
     running = await start(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, running, load)
     sd_notify(f"READY=1\nSTATUS=listening on {cfg.server.host}:{running.port}")
     watchdog = asyncio.create_task(_watchdog(running.gateway))
     await stop.wait()
@@ -152,13 +207,13 @@ async def _watchdog(gw: Gateway) -> None:
     usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
     interval = usec / 2e6 if usec else 10.0
     while True:
-        sd_notify(f"WATCHDOG=1\nSTATUS={len(gw.runners)} sessions")
+        sd_notify(f"WATCHDOG=1\nSTATUS={_status(gw)}")
         await asyncio.sleep(interval)
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config, load: Callable[[], Config] | None = None) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(serve_forever(cfg))
+    asyncio.run(serve_forever(cfg, load))

@@ -19,6 +19,8 @@ from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
 from ..session.runner import ClientSocket, SessionRunner
 from ..upstream.pool import UpstreamPool
+from .auth import REQUEST_ID, Authenticator, edge_middleware, grant_route, request_authorized
+from .limits import Limiter, admit_session, track_session
 from .params import ParamError, StreamParams, parse_params
 
 log = logging.getLogger("streamproxy.edge")
@@ -35,6 +37,8 @@ class Gateway:
     draining: bool = False
     client_keys: tuple[str, ...] = ()
     sessions: dict[str, SessionRunner] = field(default_factory=dict)  # resumable sessions by id
+    auth: Authenticator | None = None  # created from cfg + client_keys on first use if not given
+    limiter: Limiter | None = None
 
     def open_session(self, sid: str, params: StreamParams, client: ClientSocket, owner: str) -> SessionRunner:
         loop = asyncio.get_running_loop()
@@ -126,16 +130,8 @@ def client_credential(request: web.Request) -> tuple[str, str] | None:
 
 
 def authorized(gw: Gateway, request: web.Request) -> bool:
-    cred = client_credential(request)
-    if not gw.client_keys:
-        return True  # anonymous: start-up refused this unless loopback or explicitly allowed
-    if cred is None or cred[0] != "token":
-        return False
-    secret = cred[1].encode()
-    ok = False
-    for k in gw.client_keys:  # compare against all keys, in constant time each
-        ok |= hmac.compare_digest(secret, k.encode())
-    return ok
+    """Valid key (``Token``), grant token (``Bearer``) or subprotocol, or anonymous when allowed."""
+    return request_authorized(gw, request)
 
 
 def owner_of(request: web.Request) -> str:
@@ -146,7 +142,7 @@ def owner_of(request: web.Request) -> str:
 
 async def listen_ws(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    sid = str(uuid.uuid4())
+    sid = request.get(REQUEST_ID) or str(uuid.uuid4())
     try:
         params = parse_params(request.query)
     except ParamError as e:
@@ -169,6 +165,9 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
         resp = deepgram_error(429, "Too many concurrent sessions.", request_id=sid)
         resp.headers["Retry-After"] = "1"
         return resp
+    refused = await admit_session(gw, request, sid, new=resumed is None)
+    if refused is not None:
+        return refused
     ws = web.WebSocketResponse(
         protocols=("token", "bearer"),
         max_msg_size=gw.cfg.limits.max_frame_bytes,
@@ -188,6 +187,7 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
             return ws
     else:
         runner = gw.open_session(sid, params, ws, owner)
+        track_session(gw, request, runner)
     await _pump(gw, ws, runner)
     return ws
 
@@ -246,9 +246,10 @@ async def metrics_route(request: web.Request) -> web.Response:
 
 
 def build_app(gw: Gateway) -> web.Application:
-    app = web.Application(client_max_size=gw.cfg.limits.max_upload_bytes)
+    app = web.Application(client_max_size=gw.cfg.limits.max_upload_bytes, middlewares=[edge_middleware])
     app[GATEWAY] = gw
     app.router.add_get("/v1/listen", listen_ws)
+    app.router.add_post("/v1/auth/grant", grant_route)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)

@@ -207,7 +207,7 @@ async def _pump(gw: Gateway, ws: web.WebSocketResponse, runner: SessionRunner) -
     async for msg in ws:
         if msg.type == WSMsgType.BINARY:
             if msg.data:
-                runner.client_audio(msg.data)
+                await runner.feed_audio(msg.data)
             else:  # legacy Deepgram clients close a stream with an empty frame
                 runner.client_text('{"type":"CloseStream"}')
         elif msg.type == WSMsgType.TEXT:
@@ -253,4 +253,9 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
+    from .page import add_page_routes  # these modules import this one
+    from .twilio import add_twilio_routes
+
+    add_page_routes(app)
+    add_twilio_routes(app)
     return app

@@ -78,7 +78,8 @@ class SessionRunner:
         self._buffered = 0.0
 
     # ------------------------------------------------------------------ actions
-    def apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action], *, inline: bool = False) -> None:
+        """Perform the core's actions; with ``inline`` the caller awaits ``flush()`` itself."""
         for a in actions:
             if type(a) is SendUpstream:
                 self._to_up.append(a.data)
@@ -97,14 +98,25 @@ class SessionRunner:
                 self._drop_upstream()
             elif type(a) is CloseClient:
                 self._close_client(a)
+        self._update_buffered()
+        self._reschedule()
+        if inline:
+            return
         if self._to_up and not self._up_flushing and self.up is not None:
             self._up_flushing = True
             self.loop.create_task(self._flush_up())
         if self._to_client and not self._client_flushing:
             self._client_flushing = True
             self.loop.create_task(self._flush_client())
-        self._update_buffered()
-        self._reschedule()
+
+    async def flush(self) -> None:
+        """Write what is queued from the calling task: no task per frame on the hot path."""
+        if self._to_up and not self._up_flushing and self.up is not None:
+            self._up_flushing = True
+            await self._flush_up()
+        if self._to_client and not self._client_flushing:
+            self._client_flushing = True
+            await self._flush_client()
 
     def _count(self, a: Count) -> None:
         m = self.metrics
@@ -243,7 +255,8 @@ class SessionRunner:
                 if not got_message:
                     got_message = True
                     self.pool.success(upstream.name)
-                self.apply(core.upstream_message(a.gen, msg, self.loop.time()))
+                self.apply(core.upstream_message(a.gen, msg, self.loop.time()), inline=True)
+                await self.flush()
                 self.metrics.overhead.labels("downstream").observe(time.perf_counter() - t0)
         except ConnectionClosed:
             pass
@@ -297,8 +310,13 @@ class SessionRunner:
         self.apply(self.core._take())
 
     def client_audio(self, data: bytes) -> None:
-        t0 = time.perf_counter()
         self.apply(self.core.client_audio(data, self.loop.time()))
+
+    async def feed_audio(self, data: bytes) -> None:
+        """Client audio on the hot path: process and write upstream from the reading task."""
+        t0 = time.perf_counter()
+        self.apply(self.core.client_audio(data, self.loop.time()), inline=True)
+        await self.flush()
         self.metrics.overhead.labels("upstream").observe(time.perf_counter() - t0)
 
     def client_text(self, text: str) -> None:

@@ -99,3 +99,14 @@ def test_overflow_is_counted_not_silent() -> None:
     assert core.ring.nbytes <= int(1.0 * sr * 2)
     degraded = [m for m in got if m.get("type") == "ProxyStatus" and m["state"] == "degraded"]
     assert degraded and degraded[-1]["dropped_s"] > 0
+
+
+def test_close_timeout_bounds_the_close_during_an_outage() -> None:
+    """The upstream never comes back: the close still ends within close_timeout_s with a Metadata."""
+    sr = 8000
+    audio = build_audio([("word", 3, 100), ("sil", 0, 100)], sr)
+    s = SessionSettings(max_attempts=0, close_timeout_s=2.0, stall_timeout_s=1000.0)
+    w = World(audio=audio, sr=sr, chunks=[3200], faults=[Fault(1, "handshake503")] * 500, settings=s)
+    got, core = w.run()
+    assert core.done and got[-1]["type"] == "Metadata"
+    assert words_of(got) == []  # nothing could be transcribed, and nothing was invented

@@ -97,7 +97,9 @@ class World:
     delay_seed: int = 0
     max_delay_steps: int = 3
     settings: SessionSettings = field(
-        default_factory=lambda: SessionSettings(max_attempts=0, stall_timeout_s=5.0, proxy_events=False)
+        # A generous close timeout: the property is "nothing lost once the upstream works again";
+        # giving up at close_timeout_s during a long outage is specified behaviour (tested apart).
+        default_factory=lambda: SessionSettings(max_attempts=0, stall_timeout_s=5.0, close_timeout_s=600.0)
     )
     endpointing_ms: int | None = 300
     segments: list[tuple[str, int, int]] = field(default_factory=list)

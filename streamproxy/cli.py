@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by id (tokens granted with it stop working too)")
     kr.add_argument("id", help="key id, as shown by keys list")
     k.set_defaults(func=cmd_keys)
+    from .jobs.cli import add_job_commands  # worker, transcribe
+
+    add_job_commands(sub, _load)
     return p
 
 

@@ -116,6 +116,15 @@ class QueueConfig:
     max_fetch_bytes: int = 512 * 1024 * 1024
     fetch_timeout_s: float = 60.0
     max_redirects: int = 3
+    lock_duration_s: float = 30.0
+    stalled_interval_s: float = 30.0
+    max_stalled_count: int = 3
+    transcribe_timeout_s: float = 3600.0
+    serve_worker: bool = True
+    webhook_secret: str = ""
+    callback_attempts: int = 10
+    callback_backoff_s: float = 5.0
+    callback_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +185,7 @@ _SECTIONS: dict[str, type] = {
 }
 _UPSTREAM_KEYS = ("url", "api_key", "priority")
 _UPSTREAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_SECRET_FIELDS = frozenset({"api_key", "token_secret"})
+_SECRET_FIELDS = frozenset({"api_key", "token_secret", "webhook_secret"})
 
 
 # --------------------------------------------------------------------------- field specs
@@ -267,6 +276,13 @@ _SPECS: dict[str, _Spec] = {
     "queue.max_fetch_bytes": _int_range(1),
     "queue.fetch_timeout_s": _positive(),
     "queue.max_redirects": _int_range(0, 20),
+    "queue.lock_duration_s": _positive(),
+    "queue.stalled_interval_s": _positive(),
+    "queue.max_stalled_count": _int_range(1, 100),
+    "queue.transcribe_timeout_s": _positive(),
+    "queue.callback_attempts": _int_range(1, 100),
+    "queue.callback_backoff_s": _non_negative(),
+    "queue.callback_timeout_s": _positive(),
     "auth.token_ttl_s": _int_range(1, 86400),
     "limits.max_sessions": _int_range(1),
     "limits.max_sessions_per_key": _int_range(0),

@@ -188,6 +188,9 @@ async def drain(running: Running, cfg: Config) -> None:
 async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``load`` re-reads the configuration on SIGHUP."""
     running = await start(cfg)
+    from .jobs.routes import start_jobs  # Redis (embedded if none) and the in-process job worker
+
+    await start_jobs(running.runner.app)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

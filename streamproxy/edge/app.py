@@ -258,4 +258,7 @@ def build_app(gw: Gateway) -> web.Application:
 
     add_page_routes(app)
     add_twilio_routes(app)
+    from ..jobs.routes import setup_routes  # files and jobs: POST /v1/listen, /v1/transcribe, /v1/jobs
+
+    setup_routes(app, gw)
     return app

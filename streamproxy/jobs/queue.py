@@ -1,0 +1,297 @@
+"""The job queue: BullMQ on Redis, the producer side (submit, status, cancel, wait).
+
+Job schema (stable; any BullMQ producer - Python, Node, Bull Board - can enqueue jobs):
+
+- queue ``transcribe`` under the key prefix ``[queue] prefix`` (default ``{streamproxy}``: the
+  braces are a Redis Cluster hash tag, so all of a queue's keys live in one slot);
+- job name ``transcribe``; job id: any unique string (streamproxy uses a UUID, which is also the
+  Deepgram ``request_id`` of the result);
+- ``data`` (JSON), exactly one audio source:
+    - ``audio_key``: a Redis key holding the raw file bytes (streamproxy stores uploads at
+      ``<prefix>:sp:audio:<job id>`` with a TTL and deletes the key when the job finishes), or
+    - ``audio_b64``: the file, base64 (for small files from foreign producers), or
+    - ``url``: an http(s) URL the worker fetches (SSRF policy and limits of ``[queue]`` apply);
+  optional: ``params`` (object of Deepgram query parameters, strings, e.g. ``{"model": "nova-3",
+  "encoding": "linear16", "sample_rate": "16000"}``), ``callback`` (URL that receives the result),
+  ``callback_method`` (``POST``/``PUT``), ``mode`` and ``duration_s`` (informational);
+- options as streamproxy sets them: ``attempts`` (``[queue] attempts``), ``backoff`` ``{"type":
+  "exponential", "delay": backoff_s * 1000}``, ``removeOnComplete``/``removeOnFail``
+  ``{"age": result_ttl_s}``;
+- ``returnvalue``: the Deepgram prerecorded response (``metadata.request_id`` = the job id);
+  ``progress``: 0-100; ``failedReason``: a sentence saying what failed.
+
+Callbacks are jobs of their own (queue ``webhooks``, job name ``webhook``, job id ``<job id>:cb``
+so a re-run job cannot enqueue a second delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from bullmq import Job, Queue
+from redis.asyncio.connection import parse_url
+
+from ..config import Config, QueueConfig, resolve_data_dir
+from .redis_embedded import EmbeddedRedis
+
+log = logging.getLogger("streamproxy.jobs")
+
+__all__ = [
+    "JOB_NAME",
+    "TRANSCRIBE_QUEUE",
+    "WEBHOOK_JOB",
+    "WEBHOOK_QUEUE",
+    "JobQueue",
+    "Keys",
+    "bullmq_connection",
+    "connect_redis",
+    "job_options",
+]
+
+TRANSCRIBE_QUEUE = "transcribe"
+JOB_NAME = "transcribe"
+WEBHOOK_QUEUE = "webhooks"
+WEBHOOK_JOB = "webhook"
+CANCELLED_REASON = "cancelled by the client"
+FINISHED = ("completed", "failed")
+
+
+def bullmq_connection(url: str) -> dict[str, Any]:
+    """redis-py client options for bullmq from a URL.
+
+    ``socket_timeout=None`` is required with redis-py >= 8, whose default 5 s socket timeout is
+    shorter than the worker's blocking BZPOPMIN wait: without it jobs stall.
+    """
+    kw: dict[str, Any] = dict(parse_url(url))
+    cls = kw.pop("connection_class", None)
+    if "path" in kw:
+        kw["unix_socket_path"] = kw.pop("path")
+    if cls is not None and cls.__name__ == "SSLConnection":
+        kw["ssl"] = True
+    kw["socket_timeout"] = None
+    kw.setdefault("socket_connect_timeout", 10)
+    return kw
+
+
+async def _ping(url: str, timeout: float) -> bool:
+    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(await client.ping())
+    except (OSError, aioredis.RedisError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def connect_redis(cfg: Config, *, embedded_fallback: bool) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to use, spawning the embedded server when none is configured (or reachable).
+
+    ``embedded_fallback`` False (workers): a configured but unreachable Redis is waited for, since a
+    worker on a private Redis would never see the gateway's jobs.
+    """
+    url = cfg.queue.redis_url
+    if url:
+        if await _ping(url, 2.0):
+            return url, None
+        if not embedded_fallback:
+            log.warning("redis unreachable, waiting", extra={"event": "redis_wait"})
+            while not await _ping(url, 2.0):
+                await asyncio.sleep(1.0)
+            return url, None
+        log.warning(
+            "configured redis is unreachable at start: using an embedded redis-server instead; jobs will "
+            "not be shared with other instances",
+            extra={"event": "redis_fallback_embedded"},
+        )
+    emb = EmbeddedRedis(resolve_data_dir(cfg.server))
+    return await emb.start(), emb
+
+
+def job_options(q: QueueConfig, job_id: str) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "attempts": q.attempts,
+        "backoff": {"type": "exponential", "delay": round(q.backoff_s * 1000)},
+        "removeOnComplete": {"age": q.result_ttl_s},
+        "removeOnFail": {"age": q.result_ttl_s},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """streamproxy's own keys, beside BullMQ's, under the same hash-tagged prefix."""
+
+    prefix: str
+
+    def audio(self, job_id: str) -> str:
+        return f"{self.prefix}:sp:audio:{job_id}"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:sp:cancel:{job_id}"
+
+    @property
+    def webhook_secret(self) -> str:
+        return f"{self.prefix}:sp:webhook-secret"
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _ms(v: Any) -> float | None:
+    return round(int(v) / 1000, 3) if v else None
+
+
+class JobQueue:
+    """Producer side: used by the gateway (and the worker, to enqueue callbacks)."""
+
+    def __init__(self, url: str, q: QueueConfig) -> None:
+        self.url = url
+        self.cfg = q
+        opts: dict[str, Any] = {"connection": bullmq_connection(url), "prefix": q.prefix}
+        self.transcribe = Queue(TRANSCRIBE_QUEUE, opts)
+        self.webhooks = Queue(WEBHOOK_QUEUE, opts)
+        self.raw = aioredis.from_url(url, socket_connect_timeout=10)  # bytes: audio blobs, markers
+        self.keys = Keys(q.prefix)
+
+    async def close(self) -> None:
+        for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose):
+            with contextlib.suppress(Exception):
+                await closer()
+
+    async def submit(
+        self,
+        *,
+        params: Mapping[str, str | list[str]],
+        mode: str,
+        audio: bytes | None = None,
+        url: str | None = None,
+        callback: str | None = None,
+        callback_method: str = "POST",
+        duration_s: float | None = None,
+        owner: str = "",
+    ) -> str:
+        """Store the audio (if any) and enqueue the job; returns its id."""
+        job_id = str(uuid.uuid4())
+        data: dict[str, Any] = {"params": dict(params), "mode": mode, "submitted_at": time.time()}
+        if audio is not None:
+            key = self.keys.audio(job_id)
+            # Outlive the job's whole life (queue wait + retries); deleted when the job finishes.
+            await self.raw.set(key, audio, ex=self.cfg.result_ttl_s)
+            data["audio_key"] = key
+            data["bytes"] = len(audio)
+        elif url is not None:
+            data["url"] = url
+        else:
+            raise ValueError("a job needs audio or a url")
+        if callback:
+            data["callback"] = callback
+            data["callback_method"] = callback_method
+        if duration_s is not None:
+            data["duration_s"] = round(duration_s, 3)
+        if owner:
+            data["owner"] = owner
+        try:
+            await self.transcribe.add(JOB_NAME, data, job_options(self.cfg, job_id))
+        except BaseException:
+            if audio is not None:
+                with contextlib.suppress(Exception):
+                    await self.raw.delete(self.keys.audio(job_id))
+            raise
+        return job_id
+
+    async def add_inline(self, audio: bytes, params: Mapping[str, str | list[str]], **data: Any) -> str:
+        """Enqueue with the audio inline (``audio_b64``), as a foreign producer would."""
+        job_id = str(uuid.uuid4())
+        body = {"audio_b64": base64.b64encode(audio).decode(), "params": dict(params), **data}
+        await self.transcribe.add(JOB_NAME, body, job_options(self.cfg, job_id))
+        return job_id
+
+    async def _job(self, job_id: str, owner: str | None) -> Job | None:
+        job = await Job.fromId(self.transcribe, job_id)
+        if job is not None and owner is not None:
+            data = job.data if isinstance(job.data, dict) else {}
+            if data.get("owner", "") not in ("", owner):
+                return None  # someone else's job: as if unknown
+        return job
+
+    async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
+        """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
+        job = await self._job(job_id, owner)
+        if job is None:
+            tomb = await self.raw.get(self.keys.cancel(job_id))
+            if tomb is not None:
+                return {"id": job_id, "state": _text(tomb)}
+            return None
+        state = await self.transcribe.getJobState(job_id)
+        data = job.data if isinstance(job.data, dict) else {}
+        out: dict[str, Any] = {
+            "id": job_id,
+            "state": state,
+            "progress": job.progress if isinstance(job.progress, int | float) else 0,
+            "attempts": job.attemptsMade,
+            "max_attempts": job.opts.get("attempts", 1),
+            "mode": data.get("mode"),
+            "duration_s": data.get("duration_s"),
+            "created_at": _ms(job.timestamp),
+            "started_at": _ms(job.processedOn),
+            "finished_at": _ms(job.finishedOn),
+        }
+        if state == "completed":
+            out["progress"] = 100
+            if with_result:
+                out["result"] = job.returnvalue
+        elif state == "failed":
+            out["error"] = job.failedReason or "failed"
+            if job.failedReason == CANCELLED_REASON:
+                out["state"] = "cancelled"
+        elif state == "active" and await self.raw.exists(self.keys.cancel(job_id)):
+            out["state"] = "cancelling"
+        with contextlib.suppress(Exception):
+            logs = await self.transcribe.getJobLogs(job_id)
+            out["log"] = logs.get("logs", [])
+        return out
+
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        """DELETE: waiting jobs are removed, active ones are told to stop, finished ones deleted."""
+        job = await self._job(job_id, owner)
+        if job is None:
+            tomb = await self.raw.get(self.keys.cancel(job_id))
+            return {"id": job_id, "state": _text(tomb)} if tomb is not None else None
+        state = await self.transcribe.getJobState(job_id)
+        ttl = self.cfg.result_ttl_s
+        if state != "active":
+            final = "deleted" if state in FINISHED else "cancelled"
+            await self.raw.set(self.keys.cancel(job_id), final, ex=ttl)
+            removed = await self.transcribe.remove(job_id)
+            if removed == 1:
+                await self.raw.delete(self.keys.audio(job_id))
+                return {"id": job_id, "state": final}
+        # Active (or became active meanwhile): the worker polls this marker and aborts the job.
+        await self.raw.set(self.keys.cancel(job_id), "cancelled", ex=ttl)
+        return {"id": job_id, "state": "cancelling"}
+
+    async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """Poll until the job is finished (or gone); the last status, or None if it vanished."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = 0.02
+        while True:
+            state = await self.transcribe.getJobState(job_id)
+            if state in FINISHED or state == "unknown" or loop.time() >= deadline:
+                return await self.status(job_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def depth(self) -> int:
+        counts = await self.transcribe.getJobCounts("waiting", "delayed", "prioritized")
+        return int(sum(counts.values()))

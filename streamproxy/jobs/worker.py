@@ -1,0 +1,337 @@
+"""Job processing: BullMQ workers for the ``transcribe`` and ``webhooks`` queues.
+
+Runs inside ``streamproxy worker`` processes and, unless ``[queue] serve_worker = false``, inside
+``streamproxy serve``. A job's recognition runs in the upstream (the engine process or Deepgram),
+never on this event loop. Crash safety is BullMQ's: a job's lock is renewed while it runs; when a
+worker dies (SIGKILL, power loss) the lock expires after ``lock_duration_s`` and another worker's
+stalled-job check (every ``stalled_interval_s``) puts the job back in the queue, up to
+``max_stalled_count`` times, without counting it as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from bullmq import Job, UnrecoverableError, Worker
+
+from ..config import Config
+from ..upstream.pool import Upstream, UpstreamPool
+from .audio import BadAudio, probe
+from .fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
+from .queue import (
+    CANCELLED_REASON,
+    TRANSCRIBE_QUEUE,
+    WEBHOOK_JOB,
+    WEBHOOK_QUEUE,
+    JobQueue,
+    bullmq_connection,
+    connect_redis,
+)
+from .recognize import UpstreamRejected, recognize
+from .webhooks import deliver, new_secret
+
+log = logging.getLogger("streamproxy.jobs")
+
+__all__ = ["JobWorker", "run_worker"]
+
+
+class JobWorker:
+    """Both queues' workers plus what they share (HTTP sessions, the producer for callbacks)."""
+
+    def __init__(
+        self, cfg: Config, redis_url: str, pool: UpstreamPool, *, concurrency: int | None = None, name: str = ""
+    ) -> None:
+        self.cfg = cfg
+        self.q = cfg.queue
+        self.redis_url = redis_url
+        self.pool = pool
+        self.concurrency = concurrency or self.q.concurrency
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.policy = UrlPolicy.from_allow(self.q.url_allow)
+        self.speed = 20.0  # audio seconds per wall second, learned; drives the progress estimate
+        self.jq: JobQueue | None = None
+        self.workers: list[Worker] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.secret = self.q.webhook_secret
+        self.processed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.jq = JobQueue(self.redis_url, self.q)
+        if not self.secret:
+            # One random secret per deployment, shared by every worker through Redis.
+            key = self.jq.keys.webhook_secret
+            await self.jq.raw.set(key, new_secret(), nx=True)
+            raw = await self.jq.raw.get(key) or b""
+            self.secret = raw.decode() if isinstance(raw, bytes) else raw
+        self.http = aiohttp.ClientSession(trust_env=False)
+        self.fetcher = safe_session(self.policy, self.q.fetch_timeout_s)
+        self.hooks_http = safe_session(self.policy, self.q.callback_timeout_s)
+        base: dict[str, Any] = {
+            "connection": bullmq_connection(self.redis_url),
+            "prefix": self.q.prefix,
+            "lockDuration": round(self.q.lock_duration_s * 1000),
+            "stalledInterval": round(self.q.stalled_interval_s * 1000),
+            "maxStalledCount": self.q.max_stalled_count,
+            "runRetryDelay": 1000,
+            "name": self.name,
+        }
+        w = Worker(TRANSCRIBE_QUEUE, self._process, {**base, "concurrency": self.concurrency})
+        w.on("completed", self._on_completed)
+        w.on("error", lambda err, *a: log.warning("worker error: %s", err, extra={"event": "worker_error"}))
+        hooks = Worker(WEBHOOK_QUEUE, self._webhook, {**base, "concurrency": max(4, self.concurrency)})
+        hooks.on("error", lambda err, *a: log.warning("webhook worker error: %s", err, extra={"event": "worker_error"}))
+        self.workers = [w, hooks]
+        log.info(
+            "worker started",
+            extra={"event": "worker_started", "worker": self.name, "concurrency": self.concurrency},
+        )
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Finish active jobs (up to ``timeout``), then force: unfinished jobs go to another worker."""
+        if not self.workers:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.close() for w in self.workers)), timeout)
+        except TimeoutError:
+            for w in self.workers:
+                with contextlib.suppress(Exception):
+                    await w.close(force=True)
+        self.workers = []
+        for t in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(t, 5)
+        for s in (self.http, self.fetcher, self.hooks_http):
+            await s.close()
+        if self.jq is not None:
+            await self.jq.close()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _on_completed(self, job: Job, result: Any) -> None:
+        self.processed += 1
+        if self.jq is not None and isinstance(job.data, dict) and job.data.get("audio_key"):
+            self._spawn(self.jq.raw.delete(job.data["audio_key"]))
+
+    # ------------------------------------------------------------------ transcription
+
+    async def _process(self, job: Job, token: str) -> dict[str, Any]:
+        assert self.jq is not None
+        cancel_key = self.jq.keys.cancel(str(job.id))
+        if await self.jq.raw.exists(cancel_key):
+            raise UnrecoverableError(CANCELLED_REASON)
+        await job.log(f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
+        state: dict[str, Any] = {"stage": "loading", "since": time.monotonic(), "expected": 1.0}
+        work = asyncio.ensure_future(self._transcribe(job, state))
+        try:
+            last_progress = 0.0
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=0.5)
+                if done:
+                    result: dict[str, Any] = work.result()
+                    return result
+                if await self.jq.raw.exists(cancel_key):
+                    work.cancel()
+                    raise UnrecoverableError(CANCELLED_REASON)
+                if state["stage"] == "recognizing" and time.monotonic() - last_progress >= 1.0:
+                    last_progress = time.monotonic()
+                    frac = 1 - math.exp(-(time.monotonic() - state["since"]) / state["expected"])
+                    await job.updateProgress(int(20 + 75 * frac))
+        except BaseException as exc:
+            work.cancel()
+            await self._after_failure(job, exc)
+            raise
+
+    async def _after_failure(self, job: Job, exc: BaseException) -> None:
+        """On a job's last attempt: drop its audio and tell its callback."""
+        assert self.jq is not None
+        if isinstance(exc, asyncio.CancelledError):
+            return  # the worker is being force-closed: the job will run again elsewhere
+        final = isinstance(exc, UnrecoverableError) or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
+        if not final:
+            log.info(
+                "job attempt failed, will retry",
+                extra={"event": "job_retry", "job": job.id, "attempt": job.attemptsMade + 1, "error": str(exc)},
+            )
+            return
+        data = job.data if isinstance(job.data, dict) else {}
+        log.warning("job failed", extra={"event": "job_failed", "job": job.id, "error": str(exc)})
+        if data.get("audio_key"):
+            with contextlib.suppress(Exception):
+                await self.jq.raw.delete(data["audio_key"])
+        if data.get("callback") and str(exc) != CANCELLED_REASON:
+            payload = {
+                "request_id": job.id,
+                "err_code": "TRANSCRIPTION_FAILED",
+                "err_msg": str(exc),
+                "attempts": job.attemptsMade + 1,
+            }
+            await self._enqueue_webhook(job, "transcription.failed", payload)
+
+    async def _load(self, job: Job, data: dict[str, Any]) -> bytes:
+        assert self.jq is not None
+        if data.get("audio_key"):
+            audio = await self.jq.raw.get(data["audio_key"])
+            if audio is None:
+                raise UnrecoverableError(f"the job's audio is gone (key {data['audio_key']} expired or was deleted)")
+            return audio if isinstance(audio, bytes) else audio.encode()
+        if data.get("audio_b64"):
+            try:
+                return base64.b64decode(data["audio_b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise UnrecoverableError("audio_b64 is not valid base64") from None
+        if data.get("url"):
+            try:
+                body, _ = await fetch(
+                    str(data["url"]),
+                    self.policy,
+                    max_bytes=self.q.max_fetch_bytes,
+                    timeout_s=self.q.fetch_timeout_s,
+                    max_redirects=self.q.max_redirects,
+                    session=self.fetcher,
+                )
+            except (UrlRefused, TooLarge) as exc:
+                raise UnrecoverableError(str(exc)) from None
+            except FetchError as exc:
+                raise RuntimeError(str(exc)) from None
+            return body
+        raise UnrecoverableError("job data has no audio: expected audio_key, audio_b64 or url")
+
+    async def _transcribe(self, job: Job, state: dict[str, Any]) -> dict[str, Any]:
+        data = job.data if isinstance(job.data, dict) else {}
+        raw_params: dict[str, Any] = data.get("params") or {}
+        params: dict[str, str | list[str]] = {
+            str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in raw_params.items()
+        }
+        audio = await self._load(job, data)
+        try:
+            info = probe(audio, {k: v if isinstance(v, str) else v[-1] for k, v in params.items()})
+        except BadAudio as exc:
+            raise UnrecoverableError(f"bad audio: {exc}") from None
+        await job.updateProgress(20)
+        state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, info.duration_s / self.speed))
+        started = time.monotonic()
+        try:
+            result = await recognize(
+                self.http,
+                self.pool,
+                audio,
+                params,
+                content_type=info.content_type,
+                timeout_s=self.q.transcribe_timeout_s,
+            )
+        except UpstreamRejected as exc:
+            raise UnrecoverableError(str(exc)) from None
+        took = max(time.monotonic() - started, 1e-3)
+        self.speed = 0.8 * self.speed + 0.2 * max(info.duration_s / took, 0.1)
+        meta = result.get("metadata")
+        if isinstance(meta, dict):
+            meta["request_id"] = str(job.id)
+        if data.get("callback"):
+            await self._enqueue_webhook(job, "transcription.completed", result)
+        await job.updateProgress(100)
+        return result
+
+    # ------------------------------------------------------------------ callbacks
+
+    async def _enqueue_webhook(self, job: Job, event: str, payload: dict[str, Any]) -> None:
+        """At most one delivery job per transcription job: its id is derived from the job's id."""
+        assert self.jq is not None
+        data = job.data if isinstance(job.data, dict) else {}
+        hook = {
+            "url": data["callback"],
+            "method": str(data.get("callback_method") or "POST").upper(),
+            "event": event,
+            "request_id": str(job.id),
+            "body": orjson.dumps(payload).decode(),
+        }
+        opts = {
+            "jobId": f"{job.id}-cb",
+            "attempts": self.q.callback_attempts,
+            "backoff": {"type": "exponential", "delay": round(self.q.callback_backoff_s * 1000)},
+            "removeOnComplete": {"age": self.q.result_ttl_s},
+            "removeOnFail": {"age": self.q.result_ttl_s},
+        }
+        await self.jq.webhooks.add(WEBHOOK_JOB, hook, opts)
+
+    async def _webhook(self, job: Job, token: str) -> dict[str, Any]:
+        d = job.data if isinstance(job.data, dict) else {}
+        status = await deliver(
+            self.hooks_http,
+            self.policy,
+            str(d["url"]),
+            str(d["body"]).encode(),
+            secret=self.secret,
+            delivery_id=str(d.get("request_id", job.id)),
+            event=str(d.get("event", "")),
+            method=str(d.get("method", "POST")),
+        )
+        log.info("callback delivered", extra={"event": "callback_delivered", "job": d.get("request_id")})
+        return {"status": status, "delivered_at": time.time()}
+
+
+# ---------------------------------------------------------------------- `streamproxy worker`
+
+
+async def _upstreams(cfg: Config) -> tuple[UpstreamPool, Any]:
+    """The configured upstreams, else an embedded engine of our own (a worker on a fresh machine)."""
+    supervisor = None
+    if cfg.upstreams:
+        ups = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
+    else:
+        from ..engine.supervisor import EngineSupervisor
+        from ..serve import engine_kind
+
+        e = cfg.engine
+        supervisor = EngineSupervisor(engine_kind(cfg), e.processes, e.host, 0, e.idle_timeout_s, e.model_dir)
+        await supervisor.start()
+        ups = supervisor.upstreams()
+    pool = UpstreamPool(
+        ups, breaker_failures=cfg.reconnect.breaker_failures, breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s
+    )
+    return pool, supervisor
+
+
+async def worker_main(cfg: Config, concurrency: int | None = None) -> None:
+    url, embedded = await connect_redis(cfg, embedded_fallback=False)
+    pool, supervisor = await _upstreams(cfg)
+    jw = JobWorker(cfg, url, pool, concurrency=concurrency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await jw.start()
+        await stop.wait()
+        log.info("worker stopping", extra={"event": "worker_stopping"})
+    finally:
+        await jw.close(cfg.session.drain_timeout_s)
+        if supervisor is not None:
+            await supervisor.stop()
+        if embedded is not None:
+            await embedded.stop()
+    log.info("worker stopped", extra={"event": "worker_stopped", "processed": jw.processed})
+
+
+def run_worker(cfg: Config, concurrency: int | None = None) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(worker_main(cfg, concurrency))

@@ -44,9 +44,7 @@ class Metrics:
         self.audio_dropped = Counter(
             p + "audio_dropped_seconds_total", "Audio dropped by ring-buffer overflow", registry=r
         )
-        self.audio_received = Counter(
-            p + "audio_received_seconds_total", "Audio received from clients", registry=r
-        )
+        self.audio_received = Counter(p + "audio_received_seconds_total", "Audio received from clients", registry=r)
         self.duplicates = Counter(
             p + "duplicate_results_suppressed_total", "Final results dropped as already delivered", registry=r
         )
@@ -70,9 +68,7 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
-        self.fatal = Counter(
-            p + "upstream_fatal_errors_total", "Sessions ended by a fatal upstream error", registry=r
-        )
+        self.fatal = Counter(p + "upstream_fatal_errors_total", "Sessions ended by a fatal upstream error", registry=r)
         self.jobs = Counter(p + "jobs_total", "File jobs by mode and status", ["mode", "status"], registry=r)
         self.queue_depth = Gauge(p + "queue_depth", "Jobs waiting in the queue", registry=r)
         self.job_duration = Histogram(
@@ -82,3 +78,8 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        # Hot path (every frame, every result): pre-bound children skip labels()' lock and dict lookup,
+        # and their series exist at 0 from the first scrape, so dashboards' rate() works at once.
+        self.latency_by_kind = {k: self.latency.labels(k) for k in ("interim", "final")}
+        self.overhead_upstream = self.overhead.labels("upstream")
+        self.overhead_downstream = self.overhead.labels("downstream")

@@ -2,14 +2,13 @@
 
 Everything runs on loopback: the marker engine and the gateway in-process, a plain ``websockets``
 client (so the ``dg-request-id`` response header is readable), ``/metrics`` fetched over HTTP and
-parsed with the Prometheus text parser. The upstream fault is a real TCP relay whose connections
-are aborted mid-stream. Total run time about 3 s.
+parsed with the Prometheus text parser. The upstream fault is injected by ``streamproxy.faults.FaultRelay``
+(a TCP reset at an exact audio byte offset). Total run time about 3 s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from streamproxy.faults import Fault, FaultRelay
 from streamproxy.logs import JsonFormatter
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config
 from tests.helpers.sim import build_audio
@@ -104,48 +104,6 @@ async def wait_value(port: int, sample: str, want: float, timeout: float = 3.0, 
         if s.value(sample, **labels) == want or loop.time() > deadline:
             return s
         await asyncio.sleep(0.02)
-
-
-class Relay:
-    """A TCP relay between the gateway and the engine whose connections can be cut (no close frame)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.transports: list[asyncio.WriteTransport] = []
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        er, ew = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.transports += [cw.transport, ew.transport]
-
-        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.transport.abort()
-
-        await asyncio.gather(pump(cr, ew), pump(er, cw))
-
-    def cut(self) -> None:
-        """Abort every live connection in both directions: the gateway sees a reset, not a close."""
-        for t in self.transports:
-            t.abort()
-        self.transports.clear()
 
 
 async def stream(
@@ -273,32 +231,30 @@ async def test_metrics_follow_one_session(caplog: pytest.LogCaptureFixture) -> N
 
 
 async def test_reconnect_counter_moves_when_upstream_is_cut(caplog: pytest.LogCaptureFixture) -> None:
-    """Cut the upstream TCP connection mid-word: reconnect counted once, unacknowledged audio replayed,
-    words still exact, and the session summary says so."""
+    """Reset the upstream TCP connection mid-word (``FaultRelay``, no close frame): reconnect counted once
+    for that upstream, unacknowledged audio replayed, words still exact, and the session summary says so."""
     caplog.set_level(logging.INFO)
-    async with (
-        engine("marker") as eport,
-        Relay(eport) as relay,
-        gateway(gateway_config([f"ws://127.0.0.1:{relay.port}"])) as gw,
-    ):
+    async with engine("marker") as eport:
+        relay = FaultRelay(f"ws://127.0.0.1:{eport}")
+        await relay.start()
+        # Byte 23 000 is 0.72 s, inside w22 (0.65-0.80 s): audio since the last final is unacknowledged.
+        relay.set_plan([Fault("reset", at_bytes=23_000)])
+        try:
+            async with gateway(gateway_config([relay.url])) as gw:
+                _, msgs = await stream(gw.port, AUDIO, pace_s=0.02, proxy_events="true")
+                after = await wait_value(gw.port, "streamproxy_sessions_active", 0)
+        finally:
+            await relay.stop()
 
-        async def cut() -> None:
-            await asyncio.sleep(0.05)  # let the previous frames reach the engine
-            relay.cut()
-
-        # Chunk 9 is inside w22 (0.65-0.80 s): a word is pending, so audio is unacknowledged.
-        _, msgs = await stream(gw.port, AUDIO, pace_s=0.02, during={7: cut}, proxy_events="true")
-        after = await wait_value(gw.port, "streamproxy_sessions_active", 0)
-
-    assert relay.connections == 2
+    assert len(relay.fired("reset")) == 1
     assert [w[0] for w in final_words(msgs)] == EXPECTED_WORDS
     reconnects = {
         (s.labels["upstream"], s.labels["reason"]): s.value
         for s in after.families["streamproxy_upstream_reconnects"].samples
         if s.name == "streamproxy_upstream_reconnects_total"
     }
-    # Labelled by the upstream that failed (not ""), and by why: a cut without a close frame.
-    assert reconnects in ({("u0", "reset"): 1.0}, {("u0", "closed"): 1.0}), reconnects
+    # Labelled by the upstream that failed (not ""), and by why: a reset without a close frame.
+    assert reconnects == {("u0", "reset"): 1.0}, reconnects
     assert after.value("streamproxy_upstream_connects_total", upstream="u0") == 2
     assert after.value("streamproxy_audio_replayed_seconds_total") > 0
     statuses = [m["state"] for m in msgs if m.get("type") == "ProxyStatus"]

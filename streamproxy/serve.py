@@ -46,11 +46,23 @@ def engine_kind(cfg: Config) -> str:
     kind = cfg.engine.kind
     if kind != "auto":
         return kind
-    log.info(
-        "engine kind auto -> pocketsphinx (whisper kind not available in this build)",
-        extra={"event": "engine_kind", "kind": "pocketsphinx"},
-    )
-    return "pocketsphinx"
+    from .engine.whisper import auto_kind
+
+    kind, why = auto_kind(cfg.engine.model_dir, cfg.engine.model_package)
+    log.info(f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why})
+    return kind
+
+
+def engine_args(cfg: Config) -> list[str]:
+    """``streamproxy engine`` flags for the ``[engine]`` keys the children need besides kind and port."""
+    e = cfg.engine
+    return [
+        f"--model-package={e.model_package}",
+        f"--max-streams={e.max_streams}",
+        f"--max-concurrent-decodes={e.max_concurrent_decodes}",
+        f"--max-decode-wait={e.max_decode_wait_s}",
+        f"--interim-every={e.interim_every_s}",
+    ]
 
 
 def check_exposure(cfg: Config, has_keys: bool) -> None:
@@ -89,8 +101,9 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
     else:
         e = cfg.engine
         supervisor = EngineSupervisor(
-            engine_kind(cfg), e.processes, e.host, e.base_port, e.idle_timeout_s, e.model_dir
-        )
+            engine_kind(cfg), e.processes, e.host, e.base_port, e.idle_timeout_s, e.model_dir,
+            extra_args=engine_args(cfg),
+        )  # fmt: skip
         await supervisor.start()
         upstreams = supervisor.upstreams()
     pool = UpstreamPool(

@@ -158,9 +158,10 @@ def reload(running: Running, new: Config) -> None:
     )
 
 
-def _on_sighup(running: Running, load: Callable[[], Config] | None) -> None:
-    if running.gateway.draining:
-        return
+def _on_sighup(started: list[Running], load: Callable[[], Config] | None) -> None:
+    if not started or started[0].gateway.draining:
+        return  # still starting (the config is being read anyway), or stopping
+    running = started[0]
     sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
     try:
         reload(running, load() if load is not None else running.gateway.cfg)
@@ -200,15 +201,17 @@ async def drain(running: Running, cfg: Config) -> None:
 
 async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``load`` re-reads the configuration on SIGHUP."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before start: a SIGTERM while starting still drains
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Running] = []  # SIGHUP's default action is to exit: handle it from the start too
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, started, load)
     running = await start(cfg)
     from .jobs.routes import start_jobs  # Redis (embedded if none) and the in-process job worker
 
     await start_jobs(running.runner.app)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup, running, load)
+    started.append(running)
     sd_notify(f"READY=1\nSTATUS=listening on {cfg.server.host}:{running.port}")
     watchdog = asyncio.create_task(_watchdog(running.gateway))
     await stop.wait()

@@ -355,12 +355,12 @@ class Authenticator:
         if self._secret is None:
             self._secret = _load_or_create_secret(self._secret_path(), create=True)
         assert self._secret is not None
-        now = int(time.time())
+        now = time.time()
         claims = {
             "iss": TOKEN_ISSUER,
             "sub": principal.id,
-            "iat": now,
-            "exp": now + math.ceil(ttl_s),
+            "iat": int(now),
+            "exp": math.ceil(now + ttl_s),  # never shorter than asked (at most 1 s longer)
             "jti": uuid.uuid4().hex,
             "scope": "usage:write",
         }

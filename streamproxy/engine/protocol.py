@@ -46,6 +46,7 @@ class Word:
     start: float
     end: float
     confidence: float
+    punctuated_word: str | None = None  # cased and punctuated form ("Hello,"), when the engine has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class Result:
 
     @property
     def transcript(self) -> str:
-        return " ".join(w.word for w in self.words)
+        return " ".join(w.punctuated_word or w.word for w in self.words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ def _words_json(words: Iterable[Word]) -> list[dict[str, Any]]:
             "start": w.start,
             "end": w.end,
             "confidence": w.confidence,
-            "punctuated_word": w.word,
+            "punctuated_word": w.punctuated_word or w.word,
         }
         for w in words
     ]
@@ -304,7 +305,7 @@ def prerecorded_response(
     uid = model_uuid(model_name)
     words = [w for r in finals if r.is_final for w in r.words]
     alternative = {
-        "transcript": " ".join(w.word for w in words),
+        "transcript": " ".join(w.punctuated_word or w.word for w in words),
         "confidence": _confidence(words),
         "words": _words_json(words),
     }

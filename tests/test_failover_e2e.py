@@ -498,11 +498,6 @@ async def test_reconnect_counter_and_replay_on_metrics_endpoint() -> None:
     assert samples["streamproxy_audio_replayed_seconds_total"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core treats an upstream 1000 close while closing as the end even if CloseStream was not "
-    "answered (Session.upstream_closed); reported to the lead",
-)
 async def test_upstream_1000_close_before_closestream_is_answered_loses_nothing() -> None:
     """The client has sent everything and CloseStream; the upstream closes with 1000 after 2 s of
     audio, before answering CloseStream: the trailing audio must be replayed on a new connection."""

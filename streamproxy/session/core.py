@@ -231,6 +231,7 @@ class Session:
         self._unanswered_since = None
         self._control_since = None
         self._controls_pending = 0
+        self._close_answered = False  # this connection delivered CloseStream's trailing results
         self._actions.append(Connect(delay, self.attempt, self.gen, reason))
 
     @property
@@ -438,7 +439,7 @@ class Session:
         if gen != self.gen or self.done:
             return self._take()
         self.connected = False
-        if self.closing and code == 1000:
+        if self.closing and code == 1000 and (self._close_answered or not self.ring.nbytes):
             self._finish(self.close_code, "stream closed")
             return self._take()
         if code in FATAL_CLOSE_CODES:
@@ -492,6 +493,7 @@ class Session:
         elif kind == "Metadata":
             if self.closing:
                 self._metadata = msg
+                self._close_answered = True  # Metadata follows the trailing results of CloseStream
         elif kind == "SpeechStarted":
             t = self._rebase(msg.get("timestamp", 0.0))
             if t > self._speech_started:

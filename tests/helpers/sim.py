@@ -58,9 +58,7 @@ def words_of(messages: list[dict]) -> list[tuple[str, float, float]]:
     return [w for f in finals_of(messages) for w in f[2]]
 
 
-def reference_run(
-    audio: bytes, sr: int, finalize_at: list[int], endpointing_ms: int | None = 300
-) -> list[dict]:
+def reference_run(audio: bytes, sr: int, finalize_at: list[int], endpointing_ms: int | None = 300) -> list[dict]:
     """What an uninterrupted upstream produces: fed at once, Finalize at the given byte positions."""
     rec = MarkerRecognizer(sr, endpointing_ms=endpointing_ms)
     msgs: list[dict] = []
@@ -84,7 +82,7 @@ def _to_json(events: list, sr: int) -> list[dict]:
 @dataclass
 class Fault:
     at_step: int
-    kind: str  # "close1011", "reset", "handshake503", "stall"
+    kind: str  # "close1011", "close1000", "reset", "handshake503", "stall"
 
 
 @dataclass
@@ -178,7 +176,8 @@ class World:
                     else:
                         upstream = None
                         inflight.clear()
-                        handle(core.upstream_closed(gen, 1011 if f.kind == "close1011" else None, "fault", now))
+                        code = {"close1011": 1011, "close1000": 1000}.get(f.kind)
+                        handle(core.upstream_closed(gen, code, "fault", now))
             # connections
             for item in sorted(pending_connect, key=lambda x: x[0]):
                 at, c = item

@@ -119,6 +119,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _checked_sha256(path: Path) -> str:
+    """SHA-256 of a model file, hashed once per process per (path, size, mtime)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        _sha_cache[key] = _sha256(path)
+    return _sha_cache[key]
+
+
 def _missing(d: Path) -> list[str]:
     return [f for f in _REQUIRED_FILES if not (d / f).is_file()]
 
@@ -158,7 +170,7 @@ def resolve_model(model_dir: str = "", package: str = DEFAULT_PACKAGE, *, verify
             bad = _missing(d)
             if not bad and verify:
                 for fname, want in PACKAGE_SHA256[package].items():
-                    if not (d / fname).is_file() or _sha256(d / fname) != want:
+                    if not (d / fname).is_file() or _checked_sha256(d / fname) != want:
                         bad.append(f"{fname} (SHA-256 mismatch)")
             if bad:
                 reasons.append(f"model package {package}=={version} at {d} is damaged: {', '.join(bad)}")
@@ -413,10 +425,10 @@ def _to_words(decoded: list[DecodedWord], offset: int, lo: int, hi: int, onset: 
     """Absolute, clamped, monotonic words; ``offset`` is the 16 kHz index of the decoded audio's start.
 
     Whisper's first word often starts at 0.00 of the window even when speech starts later
-    (ENGINES.md): starts are not allowed before the VAD onset.
+    (ENGINES.md): starts are not allowed before the VAD onset (less one window). Words never
+    overlap and never leave ``[lo, hi]``.
     """
     out: list[Word] = []
-    prev_start = lo
     prev_end = lo
     for d in decoded:
         plain = _plain(d.text)
@@ -424,9 +436,9 @@ def _to_words(decoded: list[DecodedWord], offset: int, lo: int, hi: int, onset: 
             continue
         s = offset + round(d.start * SAMPLE_RATE)
         e = offset + round(d.end * SAMPLE_RATE)
-        s = min(max(s, onset - _WIN, prev_start, lo), hi)
-        e = min(max(e, s, prev_end if prev_end > s else s), hi)
-        prev_start, prev_end = s, e
+        s = min(max(s, onset - _WIN, prev_end, lo), hi)
+        e = min(max(e, s), hi)
+        prev_end = e
         out.append(
             Word(
                 plain,
@@ -732,7 +744,7 @@ def transcribe_file(
         audio = samples.astype(np.float32) / 32768.0
     finals: list[Result] = []
     prev = 0.0
-    prev_start = 0.0
+    prev_end = 0.0
     for seg in pool.segments(audio):
         words: list[Word] = []
         for w in seg.words or ():
@@ -740,9 +752,9 @@ def transcribe_file(
             plain = _plain(text)
             if not plain:
                 continue
-            s = min(max(float(w.start), prev_start, 0.0), duration)
+            s = min(max(float(w.start), prev_end), duration)
             e = min(max(float(w.end), s), duration)
-            prev_start = s
+            prev_end = e
             words.append(Word(plain, s, e, min(max(float(w.probability), 0.0), 1.0), text if punctuate else None))
         end = min(max(float(seg.end), prev), duration)
         if words:

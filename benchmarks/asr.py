@@ -1,0 +1,521 @@
+"""ASR benchmark: accuracy, speed, streaming latency and capacity of the embedded engine kinds.
+
+Per kind (``pocketsphinx`` is the baseline, ``whisper`` the default; ``marker`` is not ASR and is
+left out), on a small speech set this script builds with espeak-ng (two voices; no real speech is
+shipped by any package installed here):
+
+* files: WER and real-time factor (wall and CPU seconds per audio second, one decode thread);
+* streaming: the sentences as one track with pauses, sent in real time (100 ms frames) to a
+  ``streamproxy engine`` subprocess; WER of the finals, and final latency = arrival of the final
+  covering a sentence's end - the moment its last voiced sample was sent;
+* capacity (whisper): N concurrent real-time streams against one engine process (default
+  settings: 2 concurrent decodes, 1 thread each) until finals fall behind (p95 latency > 3 s, or an
+  overload error).
+
+WER is computed after normalising case, punctuation and numbers (tiny.en writes "730" for
+"seven thirty" and "1-2-3" for "one two three": both sides become digit strings).
+
+    python benchmarks/asr.py --quick        # ~2 min: 6 sentences, N = 1, 2, 4, 6, 8
+    python benchmarks/asr.py                # 12 sentences, N up to 12
+
+Writes benchmarks/results/asr.json; prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+SR = 16000
+FRAME_MS = 100
+PAUSE_S = 1.0  # silence between sentences in the streamed track
+
+SENTENCES = [
+    "The weather is lovely today and we are going to the park.",
+    "Please send the report to my office before noon.",
+    "She bought three apples and a loaf of bread at the market.",
+    "Call me back at seven thirty tomorrow morning.",
+    "The meeting has been moved to the large room on the second floor.",
+    "Our train leaves from platform nine in twenty minutes.",
+    "He forgot his umbrella and walked home in the rain.",
+    "Turn left at the next corner and then go straight ahead.",
+    "The children were playing football in the garden all afternoon.",
+    "We need to order more paper for the printer this week.",
+    "My phone number is one two three four five six seven.",
+    "The library closes early on Sundays during the summer.",
+]
+VOICES = ("en-us", "en-gb")
+
+
+# --------------------------------------------------------------------------- WER with number normalisation
+
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
+_SCALES = {"thousand": 1000, "million": 1_000_000}
+
+
+def _number_runs(tokens: list[str]) -> list[str]:
+    """Spoken numbers -> digit groups ("seven thirty" -> "7" "30", "twenty one" -> "21")."""
+    out: list[str] = []
+    total = small = 0
+    last: str | None = None  # kind of the previous number word: unit, teen, tens, hundred, scale
+
+    def flush() -> None:
+        nonlocal total, small, last
+        if last is not None:
+            out.append(str(total + small))
+        total = small = 0
+        last = None
+
+    for i, t in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if t == "and" and last in ("hundred", "scale") and (nxt in _UNITS or nxt in _TENS):
+            continue  # "two hundred and five"
+        if t in _UNITS:
+            v = _UNITS[t]
+            kind = "unit" if v < 10 else "teen"
+            if last is None or (last == "tens" and v < 10) or last in ("hundred", "scale"):
+                small += v
+            else:
+                flush()
+                small = v
+            last = kind
+        elif t in _TENS:
+            if last is None or last in ("hundred", "scale"):
+                small += _TENS[t]
+            else:
+                flush()
+                small = _TENS[t]
+            last = "tens"
+        elif t == "hundred" and last in ("unit", "teen"):
+            small *= 100
+            last = "hundred"
+        elif t in _SCALES and last is not None:
+            total += max(small, 1) * _SCALES[t]
+            small = 0
+            last = "scale"
+        else:
+            flush()
+            out.append(t)
+    flush()
+    return out
+
+
+def normalise(text: str) -> list[str]:
+    """Lower case, no punctuation, numbers as digit strings, adjacent digit groups joined."""
+    t = text.lower().replace("%", " percent ").replace("&", " and ")
+    t = re.sub(r"(?<=\d),(?=\d{3})", "", t)  # 1,000 -> 1000
+    t = re.sub(r"[^a-z0-9' ]+", " ", t)
+    tokens = [w.strip("'") for w in t.split() if w.strip("'")]
+    merged: list[str] = []
+    for w in _number_runs(tokens):
+        if w.isdigit() and merged and merged[-1].isdigit():
+            merged[-1] += w
+        else:
+            merged.append(w)
+    return merged
+
+
+def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance over words."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def wer(ref_text: str, hyp_text: str) -> tuple[int, int]:
+    """(errors, reference words) after :func:`normalise`."""
+    ref, hyp = normalise(ref_text), normalise(hyp_text)
+    return word_errors(ref, hyp), len(ref)
+
+
+# --------------------------------------------------------------------------- speech set
+
+
+@dataclass
+class Clip:
+    text: str
+    voice: str
+    pcm: np.ndarray  # int16, 16 kHz mono
+
+    @property
+    def seconds(self) -> float:
+        return self.pcm.size / SR
+
+    def voiced_end(self) -> int:
+        """Index one past the last sample above -40 dBFS (espeak pads with silence)."""
+        idx = np.nonzero(np.abs(self.pcm.astype(np.int32)) > 328)[0]
+        return int(idx[-1]) + 1 if idx.size else 0
+
+
+def synthesize(text: str, voice: str, directory: Path, speed: int = 150) -> np.ndarray:
+    """espeak-ng -> sox 16 kHz mono int16."""
+    raw, out = directory / "raw.wav", directory / "out.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", str(SR), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    with wave.open(str(out), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+
+
+def speech_set(n: int, directory: Path) -> list[Clip]:
+    return [
+        Clip(text, VOICES[i % len(VOICES)], synthesize(text, VOICES[i % len(VOICES)], directory))
+        for i, text in enumerate(SENTENCES[:n])
+    ]
+
+
+@dataclass
+class Track:
+    pcm: bytes
+    texts: list[str]
+    ends: list[int]  # sample index of each sentence's last voiced sample
+
+
+def build_track(clips: Sequence[Clip], rotate: int = 0) -> Track:
+    order = list(clips[rotate:]) + list(clips[:rotate])
+    parts = [np.zeros(int(0.5 * SR), dtype="<i2")]
+    pos = parts[0].size
+    ends = []
+    for c in order:
+        parts.append(c.pcm)
+        ends.append(pos + c.voiced_end())
+        pos += c.pcm.size
+        parts.append(np.zeros(int(PAUSE_S * SR), dtype="<i2"))
+        pos += parts[-1].size
+    return Track(np.concatenate(parts).tobytes(), [c.text for c in order], ends)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def bench_files(kind: str, clips: Sequence[Clip]) -> dict[str, Any]:
+    from streamproxy.engine.server import LiveOptions, _transcribe
+
+    pool = None
+    if kind == "whisper":
+        from streamproxy.engine.whisper import WhisperOptions, load_pool
+
+        pool = load_pool(WhisperOptions(max_concurrent_decodes=1, cpu_threads=1))
+        _transcribe(kind, LiveOptions(), clips[0].pcm.tobytes(), pool)  # warm up
+    errors = words = 0
+    wall = cpu = audio = 0.0
+    rows = []
+    for c in clips:
+        t0, c0 = time.perf_counter(), time.process_time()
+        finals, _ = _transcribe(kind, LiveOptions(), c.pcm.tobytes(), pool)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        hyp = " ".join(r.transcript for r in finals)
+        e, n = wer(c.text, hyp)
+        errors, words, wall, cpu, audio = errors + e, words + n, wall + dt, cpu + dc, audio + c.seconds
+        rows.append({"ref": c.text, "hyp": hyp, "errors": e, "words": n, "voice": c.voice})
+    return {
+        "wer": errors / words,
+        "rtf_wall": wall / audio,
+        "rtf_cpu": cpu / audio,
+        "audio_s": audio,
+        "words": words,
+        "clips": rows,
+    }
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def engine_process(kind: str, *extra: str) -> Iterator[int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamproxy", "engine", "--kind", kind, "--port", str(port), "--idle-timeout", "30"]
+    proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"engine {kind} did not start")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def stream_track(port: int, track: Track, *, start_delay: float = 0.0, query: str = "") -> dict[str, Any]:
+    """One real-time stream; returns finals' text, per-sentence latencies and any error."""
+    import aiohttp
+
+    await asyncio.sleep(start_delay)
+    url = f"ws://127.0.0.1:{port}/v1/listen?encoding=linear16&sample_rate={SR}&endpointing=300{query}"
+    frame = SR * 2 * FRAME_MS // 1000
+    finals: list[tuple[float, float, str]] = []  # (arrival, end_s, transcript)
+    interims = 0
+    errors: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(url)
+        except aiohttp.WSServerHandshakeError as exc:
+            return {"finals": [], "latencies": [], "errors": [f"handshake {exc.status}"], "t0": 0.0}
+        loop = asyncio.get_running_loop()
+
+        async def reader() -> None:
+            nonlocal interims
+            async for m in ws:
+                if m.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                msg = json.loads(m.data)
+                if msg.get("type") == "Results" and not msg.get("is_final"):
+                    interims += 1
+                if msg.get("type") == "Results" and msg.get("is_final"):
+                    end = msg["start"] + msg["duration"]
+                    finals.append((loop.time(), end, msg["channel"]["alternatives"][0]["transcript"]))
+                elif msg.get("type") == "Error":
+                    errors.append(f"{msg.get('err_code')}: {msg.get('description')}")
+
+        task = asyncio.create_task(reader())
+        t0 = loop.time()
+        for k, i in enumerate(range(0, len(track.pcm), frame)):
+            delay = t0 + k * FRAME_MS / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if ws.closed:
+                break
+            await ws.send_bytes(track.pcm[i : i + frame])
+        if not ws.closed:
+            await ws.send_str('{"type":"CloseStream"}')
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 60)
+        if ws.close_code not in (1000, None):
+            errors.append(f"close {ws.close_code}")
+        await ws.close()
+    latencies = []
+    for end in track.ends:
+        end_s = end / SR
+        arrival = next((a for a, e, _ in finals if e >= end_s - 1e-6), None)
+        if arrival is not None:
+            latencies.append(arrival - (t0 + end_s))
+    return {"finals": finals, "latencies": latencies, "errors": errors, "t0": t0, "interims": interims}
+
+
+def pct(xs: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def summarise(track_texts: list[list[str]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = words = 0
+    lats: list[float] = []
+    errs: list[str] = []
+    for texts, r in zip(track_texts, runs, strict=True):
+        e, n = wer(" ".join(texts), " ".join(t for _, _, t in r["finals"]))
+        errors, words = errors + e, words + n
+        lats += r["latencies"]
+        errs += r["errors"]
+    return {
+        "wer": errors / words if words else None,
+        "latency_p50_s": pct(lats, 50),
+        "latency_p95_s": pct(lats, 95),
+        "latency_max_s": max(lats) if lats else None,
+        "sentences": len(lats),
+        "errors": errs,
+    }
+
+
+def engine_stats(port: int) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+def bench_streaming(kind: str, clips: Sequence[Clip], *extra: str, query: str = "") -> dict[str, Any]:
+    """One real-time stream of the whole track; ``extra`` are engine flags (e.g. --interim-every 1)."""
+    track = build_track(clips)
+    with engine_process(kind, *extra) as port:
+        t0 = time.perf_counter()
+        run = asyncio.run(stream_track(port, track, query=query))
+        wall = time.perf_counter() - t0
+        out = summarise([track.texts], [run])
+        out["engine"] = engine_stats(port)
+    out["audio_s"] = len(track.pcm) / 2 / SR
+    out["interims"] = run["interims"]
+    dec = out["engine"].get("decoder") or {}
+    out["decode_cpu_per_audio_s"] = dec.get("decode_s", 0.0) / max(wall, 1e-9) if dec else None
+    return out
+
+
+def bench_capacity(clips: Sequence[Clip], levels: Sequence[int]) -> list[dict[str, Any]]:
+    """N concurrent real-time whisper streams on one engine process, until finals fall behind."""
+    rows = []
+    with engine_process("whisper") as port:
+        for n in levels:
+            tracks = [build_track(clips, rotate=i % len(clips)) for i in range(n)]
+
+            async def run_all(tracks: list[Track] = tracks, n: int = n) -> list[dict[str, Any]]:
+                # Staggered starts so utterance ends do not all coincide.
+                return await asyncio.gather(
+                    *(stream_track(port, t, start_delay=i * PAUSE_S / max(n, 1)) for i, t in enumerate(tracks))
+                )
+
+            before = engine_stats(port).get("decoder", {})
+            c0 = time.perf_counter()
+            runs = asyncio.run(run_all())
+            wall = time.perf_counter() - c0
+            after = engine_stats(port).get("decoder", {})
+            row = {"streams": n, **summarise([t.texts for t in tracks], runs), "wall_s": wall}
+            row["decode_s"] = after.get("decode_s", 0) - before.get("decode_s", 0)
+            row["decodes"] = after.get("decodes", 0) - before.get("decodes", 0)
+            row["decode_wait_s"] = after.get("waited_s", 0) - before.get("waited_s", 0)
+            row["keeps_up"] = bool(
+                not row["errors"] and row["latency_p95_s"] is not None and row["latency_p95_s"] <= 3.0
+            )
+            rows.append(row)
+            print(
+                f"  N={n:>2}  p50={row['latency_p50_s']:.2f}s  p95={row['latency_p95_s']:.2f}s  "
+                f"WER={row['wer']:.1%}  errors={len(row['errors'])}  keeps_up={row['keeps_up']}",
+                flush=True,
+            )
+            if not row["keeps_up"]:
+                break
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="6 sentences, N = 1, 2, 4, 6, 8")
+    ap.add_argument("--levels", default="", help="comma-separated stream counts for the capacity sweep")
+    ap.add_argument("--out", default=str(RESULTS / "asr.json"))
+    args = ap.parse_args(argv)
+    n = 6 if args.quick else len(SENTENCES)
+    levels = [int(x) for x in args.levels.split(",") if x] or (
+        [1, 2, 4, 6, 8] if args.quick else [1, 2, 4, 6, 8, 10, 12]
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    with tempfile.TemporaryDirectory() as d:
+        clips = speech_set(n, Path(d))
+    audio_s = sum(c.seconds for c in clips)
+    print(f"speech set: {len(clips)} espeak-ng sentences, {audio_s:.1f} s, voices {', '.join(VOICES)}", flush=True)
+
+    kinds = ("pocketsphinx", "whisper")
+    load_before = os.getloadavg()
+    files = {}
+    streaming = {}
+    for kind in kinds:
+        print(f"files: {kind} ...", flush=True)
+        files[kind] = bench_files(kind, clips)
+    for kind in kinds:
+        print(f"streaming: {kind} ...", flush=True)
+        streaming[kind] = bench_streaming(kind, clips)
+    print("streaming: whisper with interim results every 1 s ...", flush=True)
+    streaming["whisper+interims"] = bench_streaming(
+        "whisper", clips, "--interim-every", "1.0", query="&interim_results=true"
+    )
+    print("capacity: whisper, concurrent real-time streams on one engine process ...", flush=True)
+    capacity = bench_capacity(clips, levels)
+    load_after = os.getloadavg()
+
+    base_f, base_s = files["pocketsphinx"], streaming["pocketsphinx"]
+    print()
+    print("| kind | file WER | file RTF (wall / CPU) | stream WER | final latency p50 / p95 | vs pocketsphinx |")
+    print("|---|---|---|---|---|---|")
+    for kind in kinds:
+        f, st = files[kind], streaming[kind]
+        ratios = (
+            f"WER {f['wer'] / base_f['wer']:.2f}x, RTF {f['rtf_wall'] / base_f['rtf_wall']:.2f}x, "
+            f"latency {st['latency_p50_s'] / base_s['latency_p50_s']:.2f}x"
+        )
+        print(
+            f"| {kind} | {f['wer']:.1%} | {f['rtf_wall']:.3f} / {f['rtf_cpu']:.3f} | {st['wer']:.1%} | "
+            f"{st['latency_p50_s']:.2f} / {st['latency_p95_s']:.2f} s | {ratios} |"
+        )
+    wi, w0 = streaming["whisper+interims"], streaming["whisper"]
+    print(
+        f"\nwhisper interims every 1 s: {wi['interims']} interims, decode CPU {wi['decode_cpu_per_audio_s']:.2f} "
+        f"s per audio s (finals only: {w0['decode_cpu_per_audio_s']:.2f}), final latency p50 "
+        f"{wi['latency_p50_s']:.2f} s, WER {wi['wer']:.1%}"
+    )
+    print()
+    print("| whisper streams (1 engine process) | final latency p50 / p95 / max | WER | decode s per s | errors |")
+    print("|---|---|---|---|---|")
+    for r in capacity:
+        per = r["decode_s"] / max(r["wall_s"], 1e-9)
+        lat = f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f} / {r['latency_max_s']:.2f} s"
+        print(f"| {r['streams']} | {lat} | {r['wer']:.1%} | {per:.2f} | {len(r['errors'])} |")
+    ok = [r["streams"] for r in capacity if r["keeps_up"]]
+    print(f"\ncapacity: {max(ok) if ok else 0} real-time streams keep finals within 3 s (p95) on this machine")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} (machine shared)")
+
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
+        "speech_set": {"sentences": len(clips), "audio_s": audio_s, "voices": VOICES, "source": "espeak-ng"},
+        "baseline": "pocketsphinx",
+        "files": {
+            k: {kk: vv for kk, vv in v.items() if kk != "clips"} | {"clips": v["clips"]} for k, v in files.items()
+        },
+        "streaming": streaming,
+        "capacity": {
+            "rows": capacity,
+            "streams_keeping_up": max(ok) if ok else 0,
+            "criterion": "p95 <= 3 s, no errors",
+        },
+        "command": "python benchmarks/asr.py" + (" --quick" if args.quick else ""),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

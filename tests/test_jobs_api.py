@@ -257,10 +257,10 @@ async def test_bad_input_is_a_clear_4xx_and_nothing_is_enqueued(tmp_path: Path) 
 
     # Oversized upload: limits.max_upload_bytes.
     prefix = unique_prefix()
-    async with redis_server(tmp_path / "redis2") as r, engine("marker") as eport:
+    async with redis_server(tmp_path / "redis2") as rs2, engine("marker") as eport:
         cfg = gateway_config(
             [f"ws://127.0.0.1:{eport}"],
-            **{"queue.redis_url": r.url, "queue.prefix": prefix, "queue.serve_worker": False},
+            **{"queue.redis_url": rs2.url, "queue.prefix": prefix, "queue.serve_worker": False},
             **{"limits.max_upload_bytes": 20_000},
         )
         async with gateway(cfg) as gw, aiohttp.ClientSession() as http:
@@ -279,7 +279,7 @@ async def test_bad_input_is_a_clear_4xx_and_nothing_is_enqueued(tmp_path: Path) 
             for url in ("http://localhost:9/a.wav", "http://127.0.0.1:9/a.wav"):
                 async with http.post(f"http://127.0.0.1:{gw.port}/v1/listen", json={"url": url}) as resp:
                     assert resp.status == 400 and "public address" in await resp.text(), url
-        client = aioredis.from_url(r.url)
+        client = aioredis.from_url(rs2.url)
         assert [k async for k in client.scan_iter(match=f"{prefix}*")] == []
         await client.aclose()
 

@@ -108,7 +108,7 @@ async def all_done(http: aiohttp.ClientSession, gw: Running, ids: list[str], sta
 async def completed_events(redis_url: str, prefix: str, job_id: str) -> int:
     r = aioredis.from_url(redis_url, decode_responses=True)
     try:
-        entries = await r.xrange(f"{prefix}:transcribe:events")
+        entries: list[tuple[str, dict[str, str]]] = await r.xrange(f"{prefix}:transcribe:events")  # type: ignore[assignment]
     finally:
         await r.aclose()
     return sum(1 for _, e in entries if e.get("event") == "completed" and e.get("jobId") == job_id)

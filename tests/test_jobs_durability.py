@@ -166,8 +166,12 @@ async def test_redis_killed_and_restarted_from_aof_loses_no_waiting_job(tmp_path
                 ids = [await submit(http, gw) for _ in range(5)]
                 assert [(await status(http, gw, j))["state"] for j in ids] == ["waiting"] * 5
                 rs.kill()
+                async with http.get(f"http://127.0.0.1:{gw.port}/readyz") as r:
+                    assert r.status == 503 and (await r.json())["redis"] is False
                 await rs.start()  # same port, same dir: replays the AOF
                 await wait_for(lambda: _answers(http, gw, ids[0]), 10, "the gateway to reconnect")
+                async with http.get(f"http://127.0.0.1:{gw.port}/readyz") as r:
+                    assert r.status == 200 and (await r.json())["redis"] is True
                 assert [(await status(http, gw, j))["state"] for j in ids] == ["waiting"] * 5
                 cfg = write_config(tmp_path / "w.toml", queue_sections(rs.url, prefix, f"ws://127.0.0.1:{eport}"))
                 w = await start_worker(cfg)

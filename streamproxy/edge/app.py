@@ -236,7 +236,12 @@ async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     now = asyncio.get_running_loop().time()
     checks = {"draining": gw.draining, "upstream_healthy": gw.pool.any_healthy(now)}
-    ready = not gw.draining and checks["upstream_healthy"]
+    from ..jobs.routes import redis_ready  # None until the job queue is in use
+
+    redis_ok = await redis_ready(request.app)
+    if redis_ok is not None:
+        checks["redis"] = redis_ok
+    ready = not gw.draining and checks["upstream_healthy"] and redis_ok is not False
     return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 
 

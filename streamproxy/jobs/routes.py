@@ -41,7 +41,7 @@ from .worker import JobWorker
 
 log = logging.getLogger("streamproxy.jobs")
 
-__all__ = ["JOBS", "JobsService", "setup_routes", "start_jobs"]
+__all__ = ["JOBS", "JobsService", "redis_ready", "setup_routes", "start_jobs"]
 
 MODES = ("auto", "sync", "async")
 _LISTEN_PARAMS = PRERECORDED_PARAMS | {"callback", "callback_method"}
@@ -122,6 +122,17 @@ async def start_jobs(app: web.Application) -> None:
     """Eager start for ``serve``: connect (or spawn) Redis and start the in-process worker now."""
     svc = app[JOBS]
     await svc.ensure(start_worker=svc.q.serve_worker)
+
+
+async def redis_ready(app: web.Application) -> bool | None:
+    """For /readyz: is the job queue's Redis answering? None when the queue is not started."""
+    svc = app.get(JOBS)
+    if svc is None or svc.jq is None:
+        return None
+    try:
+        return bool(await asyncio.wait_for(svc.jq.raw.ping(), 1.0))
+    except (TimeoutError, OSError, aioredis.RedisError):
+        return False
 
 
 # ---------------------------------------------------------------------- helpers

@@ -154,6 +154,34 @@ async def test_worker_sigkill_mid_job_completes_elsewhere_exactly_once(tmp_path:
                         await b.stop()
 
 
+async def test_cancel_an_active_job(tmp_path: Path) -> None:
+    """DELETE on a job in progress: 202 "cancelling", the worker aborts it (no retry, no callback),
+    GET then says "cancelled"; the worker goes on with the next job."""
+    prefix = unique_prefix()
+    receiver = Receiver()
+    async with redis_server(tmp_path / "redis") as rs, engine("marker") as eport:
+        up = Upstream(eport, hold_first=True)
+        async with http_server(up.handle) as uport, http_server(receiver.handle) as cb_port:
+            cfg = write_config(tmp_path / "w.toml", queue_sections(rs.url, prefix, f"ws://127.0.0.1:{uport}"))
+            async with gateway_on(rs.url, prefix, uport) as gw, aiohttp.ClientSession() as http:
+                w = await start_worker(cfg)
+                try:
+                    job = await submit(http, gw, query=f"mode=async&callback=http://127.0.0.1:{cb_port}/cb")
+                    await asyncio.wait_for(up.first.wait(), 15)
+                    async with http.delete(f"http://127.0.0.1:{gw.port}/v1/jobs/{job}") as r:
+                        assert r.status == 202 and (await r.json())["state"] == "cancelling"
+                    await wait_for(lambda: all_done(http, gw, [job], "cancelled"), 10, "the cancellation")
+                    st = await status(http, gw, job)
+                    assert st["error"] == "cancelled by the client" and st["attempts"] == 1
+                    nxt = await submit(http, gw)
+                    await wait_for(lambda: all_done(http, gw, [nxt]), 10, "the next job")
+                    await asyncio.sleep(0.5)
+                    assert receiver.calls == [] and len(up.calls) == 2
+                finally:
+                    up.release.set()
+                    await w.stop()
+
+
 async def test_redis_killed_and_restarted_from_aof_loses_no_waiting_job(tmp_path: Path) -> None:
     """Jobs wait (no worker); Redis is SIGKILLed and restarted from its append-only file; then a
     worker starts: every job completes, and the gateway keeps answering on the new connection."""

@@ -152,6 +152,9 @@ class Keys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:sp:cancel:{job_id}"
 
+    def delivered(self, job_id: str) -> str:
+        return f"{self.prefix}:sp:delivered:{job_id}"
+
     @property
     def webhook_secret(self) -> str:
         return f"{self.prefix}:sp:webhook-secret"

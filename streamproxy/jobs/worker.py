@@ -271,7 +271,12 @@ class JobWorker:
         await self.jq.webhooks.add(WEBHOOK_JOB, hook, opts)
 
     async def _webhook(self, job: Job, token: str) -> dict[str, Any]:
+        assert self.jq is not None
         d = job.data if isinstance(job.data, dict) else {}
+        done_key = self.jq.keys.delivered(str(d.get("request_id", job.id)))
+        if await self.jq.raw.exists(done_key):
+            # A worker died after the receiver's 2xx but before the job was marked complete.
+            return {"status": "already delivered"}
         status = await deliver(
             self.hooks_http,
             self.policy,
@@ -282,6 +287,7 @@ class JobWorker:
             event=str(d.get("event", "")),
             method=str(d.get("method", "POST")),
         )
+        await self.jq.raw.set(done_key, str(status), ex=self.q.result_ttl_s)
         log.info("callback delivered", extra={"event": "callback_delivered", "job": d.get("request_id")})
         return {"status": status, "delivered_at": time.time()}
 

@@ -245,11 +245,13 @@ async def test_page_resumes_after_network_cuts_with_nothing_lost_or_repeated(tmp
     or repeated, every start time where the file puts it (to 2 ms), across both cuts.
 
     The marker engine makes this exact; the fake microphone plays a WAV at the AudioContext's rate so
-    only the page's resampler touches the audio (it keeps constant runs constant)."""
+    only the page's resampler touches the audio (it keeps constant runs constant). Grant tokens live
+    1 s here: the anonymous page holds no credential, so nothing expires before it resumes."""
     _require_browser()
     wav = marker_wav(tmp_path, await context_rate())
     async with engine("marker") as eport:
-        cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 20.0})
+        overrides = {"session.resume_grace_s": 20.0, "auth.token_ttl_s": 1}
+        cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **overrides)
         async with gateway(cfg) as gw:
             relay = Relay(gw.port)
             await relay.start()
@@ -292,6 +294,49 @@ async def test_page_resumes_after_network_cuts_with_nothing_lost_or_repeated(tmp
     assert state in ("connected", "resumed"), state
     assert seqs == sorted(set(seqs)), seqs  # each final shown once, in order
     assert len(words) >= 9
+    check_timeline(words)
+
+
+async def test_page_with_keys_uses_a_grant_token_and_resumes_with_it(tmp_path: Path) -> None:
+    """Auth on: without a key the page says one is needed; with a key it gets a token from
+    POST /v1/auth/grant, streams with the ``bearer`` subprotocol, and resumes with the same token."""
+    _require_browser()
+    key = "key-page-1234567890"
+    wav = marker_wav(tmp_path, await context_rate())
+    async with engine("marker") as eport:
+        cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 20.0})
+        async with gateway(cfg, client_keys=(key,)) as gw:
+            relay = Relay(gw.port)
+            await relay.start()
+            try:
+                async with browser_page(wav) as page:
+                    await page.goto(f"http://127.0.0.1:{relay.port}/")
+                    await page.click("#start")
+                    await until(page, "document.getElementById('state').dataset.state === 'error'", 20)
+                    assert "API key" in await page.inner_text("#state")
+                    await page.click("#settings summary")
+                    await page.fill("#key", key)
+                    await page.click("#start")
+                    await until(
+                        page, "window.streamproxyPage.finals.some(f => f.channel.alternatives[0].words.length)", 20
+                    )
+                    assert await page.evaluate("window.streamproxyPage.token.protocols[0]") == "bearer"
+                    sid = await page.evaluate("window.streamproxyPage.sessionId")
+                    relay.cut()
+                    await until(page, "window.streamproxyPage.reconnects >= 1", 20)
+                    assert await page.evaluate("window.streamproxyPage.sessionId") == sid
+                    n = len(await page_words(page))
+                    await until(
+                        page,
+                        "window.streamproxyPage.finals.flatMap(f => f.channel.alternatives[0].words).length"
+                        f" >= {n + 2}",
+                        20,
+                    )
+                    words = await page_words(page)
+                    # the only console error allowed: the refused handshake without a key
+                    assert all("401" in e or "WebSocket" in e for e in page.errors), page.errors
+            finally:
+                await relay.stop()
     check_timeline(words)
 
 

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from streamproxy.edge.twilio import MULAW_DECODE, mulaw_decode, mulaw_encode, upsample2
+from streamproxy.jobs.webhooks import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.helpers.engine import recall, require_espeak, wer
 from tests.helpers.gateway import engine, gateway, gateway_config
 
@@ -161,9 +162,15 @@ def _marker_ulaw() -> tuple[bytes, list[tuple[str, float, float]]]:
     return ulaw, expected
 
 
+WEBHOOK_SECRET = "twilio-hook-secret"
+
+
 async def _webhook_server(got: list[tuple[str, Any]]) -> tuple[web.AppRunner, int]:
     async def hook(request: web.Request) -> web.Response:
-        got.append((request.headers["X-Streamproxy-Event"], await request.json()))
+        body = await request.read()
+        h = request.headers
+        assert verify(WEBHOOK_SECRET, body, h.get(TIMESTAMP_HEADER), h.get(SIGNATURE_HEADER))
+        got.append((request.headers[EVENT_HEADER], orjson.loads(body)))
         return web.Response(status=204)
 
     app = web.Application()
@@ -179,7 +186,7 @@ async def test_marker_call_exact_words_with_gap_resend_and_late_subscriber() -> 
     """Exact words and timestamps from the media timestamps: 100 ms of frames never sent (inside a
     silence) are filled, a frame sent twice is trimmed, so every time equals the 8 kHz original's.
     An early subscriber (before the call starts), a late one (after it ended, from the backlog) and the
-    webhook all get the same finals."""
+    webhook (signed like job callbacks) all get the same finals."""
     ulaw, expected = _marker_ulaw()
     # Frames 25..29 are 500-600 ms: inside the 400 ms silence after the first word. Frame 60 is sent twice.
     events = twilio_events(
@@ -191,8 +198,9 @@ async def test_marker_call_exact_words_with_gap_resend_and_late_subscriber() -> 
     hook_got: list[tuple[str, Any]] = []
     hook_runner, hook_port = await _webhook_server(hook_got)
     events[1]["start"]["customParameters"]["callback"] = f"http://127.0.0.1:{hook_port}/hook"
+    hook_cfg = {"queue.url_allow": ("127.0.0.1",), "queue.webhook_secret": WEBHOOK_SECRET}
     try:
-        async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+        async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **hook_cfg)) as gw:
             early = asyncio.create_task(subscribe(gw.port, CALL_SID))  # before the call exists
             await asyncio.sleep(0.2)
             code = await send_call(gw.port, events)
@@ -254,11 +262,13 @@ async def test_socket_dropped_without_stop_still_delivers_trailing_words() -> No
         ("bad_base64", 1007),
         ("timestamp_jump", 1007),
         ("not_json", 1007),
+        ("private_callback", 1008),
     ],
 )
 async def test_bad_streams_are_refused_with_a_reason(mutate: str, code: int) -> None:
     """Bad input tried: media before start; an a-law mediaFormat; encoding set by a parameter; a
-    payload that is not base64; a timestamp 2 minutes ahead; a frame that is not JSON. Each closes
+    payload that is not base64; a timestamp 2 minutes ahead; a frame that is not JSON; a webhook on a
+    loopback address (not allowed by queue.url_allow). Each closes
     the socket with a specific code, and the gateway serves the next call normally."""
     ulaw, expected = _marker_ulaw()
     events = twilio_events(ulaw[: 20 * FRAME])
@@ -279,6 +289,9 @@ async def test_bad_streams_are_refused_with_a_reason(mutate: str, code: int) -> 
         raw[3] = orjson.dumps(events[3]).decode()
     elif mutate == "not_json":
         raw[3] = "{not json"
+    elif mutate == "private_callback":  # SSRF: loopback is not allowed without queue.url_allow
+        events[1]["start"]["customParameters"] = {"callback": "http://127.0.0.1:9/hook"}
+        raw[1] = orjson.dumps(events[1]).decode()
     async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
         async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{gw.port}/v1/twilio") as ws:
             for frame in raw:

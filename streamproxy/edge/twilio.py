@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -42,6 +41,8 @@ import orjson
 from aiohttp import WSMsgType, web
 from multidict import MultiDict
 
+from ..jobs.fetch import FetchError, UrlPolicy, check_peer, check_url, safe_session
+from ..jobs.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from .app import GATEWAY, Gateway, client_credential, deepgram_error
 from .auth import PUBLIC_PATHS, Principal, get_auth, principal_of, request_authorized
 from .limits import get_limiter
@@ -65,7 +66,6 @@ MAX_GAP_S = 60.0
 SUBSCRIBER_QUEUE_MAX = 1000
 SSE_HEARTBEAT_S = 15.0
 SSE_WAIT_MAX_S = 60.0
-WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_QUEUE_MAX = 1000
 
 
@@ -251,11 +251,20 @@ HUBS = web.AppKey("twilio_hubs", HubRegistry)
 
 
 class Webhook:
-    """POSTs final results (and the start/end events) to ``callback`` in order, off the audio path."""
+    """POSTs final results (and the start/end events) to ``callback`` in order, off the audio path.
 
-    def __init__(self, url: str, session_id: str) -> None:
+    Same safety and signing as job callbacks: the URL must pass ``queue.url_allow`` (public
+    addresses only by default, checked again on the connected peer), redirects are not followed, and
+    with ``queue.webhook_secret`` set each POST carries ``X-Streamproxy-Timestamp`` and
+    ``X-Streamproxy-Signature: sha256=HMAC(secret, "<timestamp>." + body)``.
+    """
+
+    def __init__(self, url: str, session_id: str, policy: UrlPolicy, secret: str, timeout_s: float) -> None:
         self.url = url
         self.session_id = session_id
+        self.policy = policy
+        self.secret = secret
+        self.timeout_s = timeout_s
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=WEBHOOK_QUEUE_MAX)
         self.delivered = 0
         self.failed = 0
@@ -264,6 +273,8 @@ class Webhook:
     def offer(self, ev: Event) -> None:
         if ev.name == "message" and not _is_final_or_metadata(ev.data):
             return  # interim results are not worth an HTTP request each
+        if ev.name in ("mark", "dtmf"):
+            return
         try:
             self.queue.put_nowait(ev)
         except asyncio.QueueFull:
@@ -273,24 +284,33 @@ class Webhook:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
 
+    async def _post(self, http: aiohttp.ClientSession, ev: Event) -> bool:
+        host = check_url(self.url, self.policy)
+        body = ev.data.encode()
+        ts = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "streamproxy-webhooks/1",
+            TIMESTAMP_HEADER: str(ts),
+            DELIVERY_HEADER: f"{self.session_id}:{ev.id}",
+            EVENT_HEADER: ev.name,
+        }
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, ts, body)
+        async with http.post(self.url, data=body, headers=headers, allow_redirects=False) as r:
+            check_peer(r, self.policy, host)
+            await r.read()
+            return 200 <= r.status < 300
+
     async def _run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with safe_session(self.policy, self.timeout_s) as http:
             while (ev := await self.queue.get()) is not None:
-                headers = {
-                    "Content-Type": "application/json",
-                    "X-Streamproxy-Session": self.session_id,
-                    "X-Streamproxy-Event": ev.name,
-                    "X-Streamproxy-Event-Id": str(ev.id),
-                }
-                for attempt in range(2):
+                for attempt in range(2):  # one retry: a live transcript is not worth holding up for long
                     try:
-                        async with http.post(self.url, data=ev.data, headers=headers) as r:
-                            if r.status < 500:
-                                self.delivered += r.status < 300
-                                self.failed += r.status >= 300
-                                break
-                    except (aiohttp.ClientError, TimeoutError):
+                        if await self._post(http, ev):
+                            self.delivered += 1
+                            break
+                    except (aiohttp.ClientError, TimeoutError, FetchError):
                         pass
                     if attempt == 1:
                         self.failed += 1
@@ -350,10 +370,6 @@ def stream_options(query: Mapping[str, str], custom: Mapping[str, Any]) -> Strea
         raise ParamError(f"{', '.join(fixed)} cannot be set: Twilio audio is μ-law 8 kHz mono")
     dg = MultiDict((k, v) for k, v in merged.items() if k in DEEPGRAM_LIVE_PARAMS and k != "callback")
     callback = merged.get("callback") or None
-    if callback is not None:
-        parts = urlsplit(callback)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ParamError("callback must be an http(s) URL")
     pe = merged.get("proxy_events", "false").lower()
     if pe not in ("true", "false"):
         raise ParamError(f"proxy_events must be true or false, got {pe!r}")
@@ -384,6 +400,7 @@ class TwilioStream:
         # A credential in the handshake (non-Twilio senders) or anonymous access; else the token parameter.
         self.principal: Principal | None = principal_of(request) if request_authorized(gw, request) else None
         self.leased = False
+        self.policy = UrlPolicy.from_allow(gw.cfg.queue.url_allow)
         self.runner: Any = None
         self.hub: EventHub | None = None
         self.placer = MediaPlacer()
@@ -430,7 +447,9 @@ class TwilioStream:
             if opts.proxy_events:
                 dg["proxy_events"] = "true"
             params = parse_params(dg)
-        except ParamError as e:
+            if opts.callback:
+                check_url(opts.callback, self.policy)
+        except (ParamError, FetchError) as e:
             await self.fail(1008, str(e))
             return False
         if self.principal is None or (opts.token and self.principal.kind == "anonymous"):
@@ -452,7 +471,10 @@ class TwilioStream:
         owner = owner_id(self.principal)
         hub = self.hub = EventHub(self.stream_sid, owner)
         if opts.callback:
-            hub.webhook = Webhook(opts.callback, self.stream_sid)
+            q = self.gw.cfg.queue
+            hub.webhook = Webhook(
+                opts.callback, self.stream_sid, self.policy, q.webhook_secret, min(q.callback_timeout_s, 10.0)
+            )
         self.hubs.add(hub, self.stream_sid, self.call_sid)
         hub.publish(
             "start",

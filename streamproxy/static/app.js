@@ -75,6 +75,7 @@
     reconnects: 0,
     droppedAt: null,
     token: null, // {protocols, expires}
+    authRefused: false,
     timer: null,
     statsTimer: null,
     lat: { interim: [], final: [] },
@@ -230,9 +231,11 @@
       const headers = { "Content-Type": "application/json" };
       if (key) headers.Authorization = `Token ${key}`;
       const r = await fetch("/v1/auth/grant", { method: "POST", headers, body: "{}" });
+      st.authRefused = r.status === 401; // credentials are required and none valid was given
       if (r.ok) {
         const j = await r.json();
         if (j.access_token) {
+          if (!key && anonymousToken(j.access_token)) return null; // no credential needed: none to expire
           // Reused for reconnects while valid: a resume must present the credential the session was opened with.
           const ttl = Math.max(1, (j.expires_in || 30) - 2);
           st.token = { protocols: ["bearer", j.access_token], expires: Date.now() + ttl * 1000 };
@@ -244,6 +247,16 @@
       /* network error: try the socket anyway */
     }
     return key ? ["token", key] : null;
+  }
+
+  /** True for a grant to an anonymous client (the gateway allows anonymous access): its JWT sub is "anon:…". */
+  function anonymousToken(jwt) {
+    try {
+      const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return String(JSON.parse(atob(part + "===".slice((part.length + 3) % 4))).sub || "").startsWith("anon:");
+    } catch (e) {
+      return false;
+    }
   }
 
   function query() {
@@ -328,11 +341,13 @@
         log("the gateway refused to resume; starting a new session");
         st.sessionId = null;
       } else if (ev.code === 1008 && sock.fatal) {
-        setState("error", sock.fatal);
-        return stop();
+        return fail(sock.fatal);
       } else if ([1000, 1011, 1012, 1013].includes(ev.code)) {
         log(`session ended by the gateway (${ev.code}${ev.reason ? " " + ev.reason : ""}); starting a new one`);
         st.sessionId = null;
+      } else if (!sock.opened && st.authRefused) {
+        log("not authorized: enter an API key under Settings", "error");
+        return fail("the gateway needs a valid API key (Settings)");
       } else if (resume && !sock.opened) {
         // The handshake failed: a refusal (404 expired, 403 foreign) if the gateway is up, else a network problem.
         return probe().then((up) => {
@@ -419,6 +434,11 @@
     } else {
       finish();
     }
+  }
+
+  function fail(message) {
+    stop();
+    setState("error", message); // after stop(), which shows "idle" or "closing"
   }
 
   function stopCapture() {

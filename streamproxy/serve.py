@@ -208,10 +208,10 @@ async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -
     started: list[Running] = []  # SIGHUP's default action is to exit: handle it from the start too
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, started, load)
     running = await start(cfg)
+    started.append(running)
     from .jobs.routes import start_jobs  # Redis (embedded if none) and the in-process job worker
 
     await start_jobs(running.runner.app)
-    started.append(running)
     sd_notify(f"READY=1\nSTATUS=listening on {cfg.server.host}:{running.port}")
     watchdog = asyncio.create_task(_watchdog(running.gateway))
     await stop.wait()

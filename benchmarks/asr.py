@@ -259,6 +259,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_ENGINE_PIDS: dict[int, int] = {}  # port -> pid of the engine subprocess
+
+
 @contextlib.contextmanager
 def engine_process(kind: str, *extra: str) -> Iterator[int]:
     port = free_port()
@@ -272,8 +281,10 @@ def engine_process(kind: str, *extra: str) -> Iterator[int]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"engine {kind} did not start")
             time.sleep(0.1)
+        _ENGINE_PIDS[port] = proc.pid
         yield port
     finally:
+        _ENGINE_PIDS.pop(port, None)
         proc.terminate()
         try:
             proc.wait(10)
@@ -398,11 +409,18 @@ def bench_capacity(clips: Sequence[Clip], levels: Sequence[int]) -> list[dict[st
                 )
 
             before = engine_stats(port).get("decoder", {})
+            cpu0 = proc_cpu_s(_ENGINE_PIDS[port])
             c0 = time.perf_counter()
             runs = asyncio.run(run_all())
             wall = time.perf_counter() - c0
+            cpu = proc_cpu_s(_ENGINE_PIDS[port]) - cpu0
             after = engine_stats(port).get("decoder", {})
             row = {"streams": n, **summarise([t.texts for t in tracks], runs), "wall_s": wall}
+            # Engine CPU per stream-second of audio: what bounds capacity on an idle machine.
+            audio = sum(len(t.pcm) for t in tracks) / 2 / SR
+            row["engine_cpu_s"] = cpu
+            row["engine_cpu_per_stream_s"] = cpu / audio
+            row["cpu_bound_streams"] = (os.cpu_count() or 1) / (cpu / audio) if cpu else None
             row["decode_s"] = after.get("decode_s", 0) - before.get("decode_s", 0)
             row["decodes"] = after.get("decodes", 0) - before.get("decodes", 0)
             row["decode_wait_s"] = after.get("waited_s", 0) - before.get("waited_s", 0)
@@ -412,7 +430,8 @@ def bench_capacity(clips: Sequence[Clip], levels: Sequence[int]) -> list[dict[st
             rows.append(row)
             print(
                 f"  N={n:>2}  p50={row['latency_p50_s']:.2f}s  p95={row['latency_p95_s']:.2f}s  "
-                f"WER={row['wer']:.1%}  errors={len(row['errors'])}  keeps_up={row['keeps_up']}",
+                f"WER={row['wer']:.1%}  errors={len(row['errors'])}  engine CPU/stream-s="
+                f"{row['engine_cpu_per_stream_s']:.3f}  load={os.getloadavg()[0]:.1f}  keeps_up={row['keeps_up']}",
                 flush=True,
             )
             if not row["keeps_up"]:
@@ -479,14 +498,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{wi['latency_p50_s']:.2f} s, WER {wi['wer']:.1%}"
     )
     print()
-    print("| whisper streams (1 engine process) | final latency p50 / p95 / max | WER | decode s per s | errors |")
+    print("| whisper streams (1 engine) | final latency p50 / p95 / max | WER | engine CPU per stream-s | errors |")
     print("|---|---|---|---|---|")
     for r in capacity:
-        per = r["decode_s"] / max(r["wall_s"], 1e-9)
         lat = f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f} / {r['latency_max_s']:.2f} s"
-        print(f"| {r['streams']} | {lat} | {r['wer']:.1%} | {per:.2f} | {len(r['errors'])} |")
+        cpu = r["engine_cpu_per_stream_s"]
+        print(f"| {r['streams']} | {lat} | {r['wer']:.1%} | {cpu:.3f} | {len(r['errors'])} |")
     ok = [r["streams"] for r in capacity if r["keeps_up"]]
-    print(f"\ncapacity: {max(ok) if ok else 0} real-time streams keep finals within 3 s (p95) on this machine")
+    cpu_per = min(r["engine_cpu_per_stream_s"] for r in capacity)
+    bound = (os.cpu_count() or 1) / cpu_per
+    print(f"\ncapacity: {max(ok) if ok else 0} real-time streams keep finals within 3 s (p95) on this machine;")
+    print(f"CPU bound on {os.cpu_count()} idle cores at {cpu_per:.3f} engine CPU-s per stream-s: ~{bound:.0f} streams")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} (machine shared)")
 
     result = {
@@ -506,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         "capacity": {
             "rows": capacity,
             "streams_keeping_up": max(ok) if ok else 0,
+            "engine_cpu_per_stream_s": cpu_per,
+            "cpu_bound_streams_idle_machine": bound,
             "criterion": "p95 <= 3 s, no errors",
         },
         "command": "python benchmarks/asr.py" + (" --quick" if args.quick else ""),

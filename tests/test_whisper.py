@@ -331,6 +331,24 @@ def test_interims_finalize_and_8k(speech: Speech, pool: wmod.DecodePool) -> None
     assert not [e for e in events if isinstance(e, UtteranceEnd)]  # not requested
 
 
+def test_endless_speech_is_cut_before_the_30s_window(speech: Speech, pool: wmod.DecodePool) -> None:
+    """~27 s of speech without a 2 s pause (endpointing=2000): a final (speech_final false) is forced
+    before Whisper's 30 s window, at a quiet point, and no sentence is lost across the cut."""
+    talk = np.concatenate(speech.clips * 2)
+    audio = np.concatenate([talk, np.zeros(3 * SR, dtype="<i2")]).tobytes()
+    rec = WhisperRecognizer(SR, pool=pool, endpointing_ms=2000)
+    events = []
+    for c in chunks(audio, 250):
+        events += rec.feed(c)
+    events += rec.close()
+    spoken = [e for e in events if isinstance(e, Result) and e.words]
+    assert len(spoken) >= 2 and not spoken[0].speech_final and spoken[0].end <= 25.5
+    assert spoken[-1].speech_final or spoken[-1].from_finalize
+    hyp = " ".join(r.transcript for r in spoken)
+    assert wer_of(speech.text + " " + speech.text, hyp) <= WER_BOUND, hyp
+    check_words([(w.word, w.start, w.end) for r in spoken for w in r.words], len(audio) / 2 / SR)
+
+
 # --------------------------------------------------------------------------- auto kind and model resolution
 
 

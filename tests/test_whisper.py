@@ -107,6 +107,12 @@ def check_words(words: list[tuple[str, float, float]], duration: float) -> None:
         prev_end = e
 
 
+def to_8k(pcm16k: bytes) -> bytes:
+    """Telephony-rate copy: 2-tap average, then every other sample."""
+    x = np.frombuffer(pcm16k, dtype="<i2").astype(np.float32)
+    return np.convolve(x, np.ones(2) / 2, mode="same")[::2].astype("<i2").tobytes()
+
+
 def chunks(data: bytes, ms: int = 100) -> list[bytes]:
     n = SR * 2 * ms // 1000
     return [data[i : i + n] for i in range(0, len(data), n)]
@@ -218,7 +224,8 @@ async def test_prerecorded_engine_route_and_progress(speech: Speech, pool: wmod.
         assert raw["results"]["utterances"] and raw["metadata"]["model_info"]
 
         client = AsyncDeepgramClient(api_key="anything", environment=sdk_env(eport))
-        resp = await client.listen.v1.media.transcribe_file(request=wav(speech.clip_track(0)), model="nova-3")
+        body8k = wav(to_8k(speech.clip_track(0)), 8000)  # other rates are resampled to 16 kHz
+        resp = await client.listen.v1.media.transcribe_file(request=body8k, model="nova-3")
         assert isinstance(resp, ListenV1Response)
         text = resp.results.channels[0].alternatives[0].transcript  # type: ignore[index]
         assert wer_of(SENTENCES[0][0], text or "") <= WER_BOUND, text
@@ -318,8 +325,7 @@ def test_interims_finalize_and_8k(speech: Speech, pool: wmod.DecodePool) -> None
     rec.release()
 
     # 8 kHz: resampled on arrival; timestamps in the stream's own seconds.
-    x = np.frombuffer(speech.clip_track(0), dtype="<i2").astype(np.float32)
-    x8 = np.convolve(x, np.ones(2) / 2, mode="same")[::2].astype("<i2").tobytes()
+    x8 = to_8k(speech.clip_track(0))
     rec = WhisperRecognizer(8000, pool=pool)
     events = []
     for i in range(0, len(x8), 1600):

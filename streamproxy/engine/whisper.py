@@ -471,7 +471,14 @@ class _Resampler:
         frame.sample_rate = self.rate
         frame.pts = self._pts
         self._pts += x.size
-        outs = self._r.resample(frame)
+        return self._join(self._r.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """The filter's delayed tail, at the end of the audio."""
+        return self._join(self._r.resample(None))
+
+    @staticmethod
+    def _join(outs: list[Any]) -> np.ndarray:
         if not outs:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate([o.to_ndarray().reshape(-1) for o in outs]).astype(np.float32, copy=False)
@@ -581,8 +588,8 @@ class WhisperRecognizer:
         self._audio.append(y)
         while self._audio.end - self._vad_pos >= _WIN:
             self._window(out)
-        if not self._in_speech:
-            self._audio.trim_before(min(self._vad_pos - _PAD, self._final_end))
+        if not self._in_speech:  # keep only the pre-roll a coming onset may need
+            self._audio.trim_before(max(self._vad_pos - _PAD, self._final_end))
         return out
 
     def finalize(self) -> list[Event]:
@@ -716,7 +723,7 @@ class WhisperRecognizer:
             self._last_word_end = round(words[-1].end * SAMPLE_RATE)
             self._ue_armed = True
         if not self._in_speech:
-            self._audio.trim_before(min(self._vad_pos - _PAD, c))
+            self._audio.trim_before(max(self._vad_pos - _PAD, c))
 
 
 # --------------------------------------------------------------------------- files
@@ -739,7 +746,8 @@ def transcribe_file(
     if samples.size == 0:
         return [], 0.0
     if sample_rate != SAMPLE_RATE:
-        audio = _Resampler(sample_rate)(samples.astype("<i2", copy=False))
+        r = _Resampler(sample_rate)
+        audio = np.concatenate([r(samples.astype("<i2", copy=False)), r.flush()])
     else:
         audio = samples.astype(np.float32) / 32768.0
     finals: list[Result] = []

@@ -301,11 +301,6 @@ async def test_dashboard_uses_only_exported_metrics() -> None:
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner feeds the core uvloop's loop.time(), which has 1 ms resolution: every latency is a whole "
-    "millisecond in production (serve installs uvloop); fix: time.monotonic() for the core's `now`",
-)
 def test_latency_has_sub_millisecond_resolution_under_uvloop() -> None:
     """``serve`` runs on uvloop; the per-result latency must not be quantised to whole milliseconds."""
     import uvloop

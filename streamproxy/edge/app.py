@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..config import Config
 from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
-from ..session.runner import ClientSocket, SessionRunner
+from ..session.runner import ClientSocket, SessionRunner, clock
 from ..upstream.pool import UpstreamPool
 from .auth import REQUEST_ID, Authenticator, edge_middleware, grant_route, request_authorized
 from .limits import Limiter, admit_session, track_session
@@ -41,9 +41,8 @@ class Gateway:
     limiter: Limiter | None = None
 
     def open_session(self, sid: str, params: StreamParams, client: ClientSocket, owner: str) -> SessionRunner:
-        loop = asyncio.get_running_loop()
         settings = self.settings(params.proxy_events)
-        core = Session(params.fmt, settings, now=loop.time(), session_id=sid)
+        core = Session(params.fmt, settings, now=clock(), session_id=sid)
         runner = SessionRunner(core, client, self.pool, params.upstream_query, self.metrics, on_done=self._session_done)
         runner.owner = owner
         self.runners.add(runner)
@@ -234,7 +233,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    now = asyncio.get_running_loop().time()
+    now = clock()
     checks = {"draining": gw.draining, "upstream_healthy": gw.pool.any_healthy(now)}
     from ..jobs.routes import redis_ready  # None until the job queue is in use
 

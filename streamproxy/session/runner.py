@@ -34,6 +34,10 @@ from .core import (
 
 log = logging.getLogger("streamproxy.session")
 
+#: The core's clock. Not ``loop.time()``: uvloop's has millisecond resolution, which would
+#: quantise every latency measurement to whole milliseconds.
+clock = time.monotonic
+
 
 class ClientSocket(Protocol):
     """What the runner needs of the client connection (aiohttp's WebSocketResponse fits)."""
@@ -191,7 +195,7 @@ class SessionRunner:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self.loop.call_at(at, self._on_timer)
+        self._timer = self.loop.call_later(max(0.0, at - clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         # Event loops may fire a timer a hair early (uvloop has millisecond resolution); treat
@@ -199,7 +203,7 @@ class SessionRunner:
         at = self._timer_at or 0.0
         self._timer = None
         self._timer_at = None
-        self.apply(self.core.tick(max(self.loop.time(), at)))
+        self.apply(self.core.tick(max(clock(), at)))
 
     # ------------------------------------------------------------------ upstream
     def _start_upstream(self, a: Connect) -> None:
@@ -223,20 +227,19 @@ class SessionRunner:
         core = self.core
         if a.delay > 0:
             await asyncio.sleep(a.delay)
-        now = self.loop.time()
-        upstream = self.pool.choose(now, avoid=self._last_upstream if a.reason != "initial" else None)
+        upstream = self.pool.choose(clock(), avoid=self._last_upstream if a.reason != "initial" else None)
         if self._last_upstream and upstream.name != self._last_upstream:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
         try:
             ws = await open_upstream(upstream, self.query)
         except HandshakeError as e:
-            self.pool.failure(upstream.name, self.loop.time())
+            self.pool.failure(upstream.name, clock())
             log.info(
                 "upstream connect failed",
                 extra={"event": "upstream_connect_failed", "upstream": upstream.name, "status": e.status},
             )
-            self.apply(core.upstream_failed(a.gen, e.status, e.reason, self.loop.time()))
+            self.apply(core.upstream_failed(a.gen, e.status, e.reason, clock()))
             return
         if a.gen != core.gen or core.done:
             await ws.close()
@@ -245,7 +248,7 @@ class SessionRunner:
         self.upstream = upstream
         upstream.active += 1
         self.metrics.upstream_connects.labels(upstream.name).inc()
-        self.apply(core.upstream_connected(a.gen, upstream.name, self.loop.time()))
+        self.apply(core.upstream_connected(a.gen, upstream.name, clock()))
         got_message = False
         code: int | None = None
         reason = ""
@@ -255,7 +258,7 @@ class SessionRunner:
                 if not got_message:
                     got_message = True
                     self.pool.success(upstream.name)
-                self.apply(core.upstream_message(a.gen, msg, self.loop.time()), inline=True)
+                self.apply(core.upstream_message(a.gen, msg, clock()), inline=True)
                 await self.flush()
                 self.metrics.overhead.labels("downstream").observe(time.perf_counter() - t0)
         except ConnectionClosed:
@@ -271,8 +274,8 @@ class SessionRunner:
             upstream.active -= 1
             self.upstream = None
         if code != 1000:
-            self.pool.failure(upstream.name, self.loop.time())
-        self.apply(core.upstream_closed(a.gen, code, reason, self.loop.time()))
+            self.pool.failure(upstream.name, clock())
+        self.apply(core.upstream_closed(a.gen, code, reason, clock()))
 
     # ------------------------------------------------------------------ client
     def _close_client(self, a: CloseClient) -> None:
@@ -310,33 +313,33 @@ class SessionRunner:
         self.apply(self.core._take())
 
     def client_audio(self, data: bytes) -> None:
-        self.apply(self.core.client_audio(data, self.loop.time()))
+        self.apply(self.core.client_audio(data, clock()))
 
     async def feed_audio(self, data: bytes) -> None:
         """Client audio on the hot path: process and write upstream from the reading task."""
         t0 = time.perf_counter()
-        self.apply(self.core.client_audio(data, self.loop.time()), inline=True)
+        self.apply(self.core.client_audio(data, clock()), inline=True)
         await self.flush()
         self.metrics.overhead.labels("upstream").observe(time.perf_counter() - t0)
 
     def client_text(self, text: str) -> None:
-        self.apply(self.core.client_text(text, self.loop.time()))
+        self.apply(self.core.client_text(text, clock()))
 
     def client_closed(self) -> None:
-        self.apply(self.core.client_closed(self.loop.time()))
+        self.apply(self.core.client_closed(clock()))
 
     def client_gone(self) -> None:
         """The socket dropped without CloseStream: hold the session if resumable, else finish it."""
         if self.outcome == "ok":
             self.outcome = "client_gone"
-        self.apply(self.core.client_detached(self.loop.time()))
+        self.apply(self.core.client_detached(clock()))
         if self.core.detached:
             self.client = None
             self._to_client.clear()
 
     def resume(self, client: ClientSocket, last_seq: int, audio_offset: int | None) -> None:
         """Attach a reconnected client; raises ResumeError (and leaves the session as it was)."""
-        now = self.loop.time()
+        now = clock()
         old = self.client
         if not self.core.detached:
             self.apply(self.core.client_detached(now))  # the old socket has not noticed its drop yet
@@ -349,7 +352,7 @@ class SessionRunner:
         self.apply(actions)
 
     def drain(self, code: int = 1012) -> None:
-        self.apply(self.core.drain(self.loop.time(), code))
+        self.apply(self.core.drain(clock(), code))
 
     def summary(self) -> dict[str, Any]:
         st = self.core.stats
@@ -361,7 +364,7 @@ class SessionRunner:
         fmt = self.core.fmt
         return {
             "session_id": self.core.session_id,
-            "duration_s": round(self.loop.time() - self.core.created, 3),
+            "duration_s": round(clock() - self.core.created, 3),
             "audio_s": round(fmt.bytes_to_seconds(st.audio_bytes), 3),
             "reconnects": st.reconnects,
             "replayed_s": round(fmt.bytes_to_seconds(st.replayed_bytes), 3),

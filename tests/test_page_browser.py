@@ -162,7 +162,8 @@ async def test_page_shows_live_captions_and_latency(tmp_path: Path) -> None:
     with the connection state, the page's own latency p50/p95 and the gateway's (from /v1/stats)."""
     _require_browser()
     wav = speech_wav(tmp_path)
-    async with engine("pocketsphinx") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+    # `serve`'s own pocketsphinx child process (cold decoder pool, as deployed), not the in-process pool.
+    async with gateway(gateway_config([], **{"engine.kind": "pocketsphinx"})) as gw:
         async with browser_page(wav) as page:
             await page.goto(f"http://127.0.0.1:{gw.port}/")
             assert await page.inner_text("#state") == "idle"

@@ -379,7 +379,9 @@ async def test_pocketsphinx_call_transcript_reaches_subscriber(tmp_path: Path) -
     (see the report: a sender much faster than the engine, without interims, trips the stall detector).
     """
     ulaw = _espeak_ulaw(tmp_path)
-    async with engine("pocketsphinx") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+    # `serve`'s own engine child process: its decoder pool starts cold, as on a fresh deployment,
+    # whatever other tests in this process did to the in-process pool.
+    async with gateway(gateway_config([], **{"engine.kind": "pocketsphinx"})) as gw:
         sub = asyncio.create_task(subscribe(gw.port, CALL_SID))
         await asyncio.sleep(0.1)
         events = twilio_events(ulaw, custom={"interim_results": "true"})

@@ -206,6 +206,7 @@ async def test_marker_call_exact_words_with_gap_resend_and_late_subscriber() -> 
             code = await send_call(gw.port, events)
             got = await asyncio.wait_for(early, 20)
             late = await subscribe(gw.port, STREAM_SID, wait=0)  # after the end: the backlog
+            again = await subscribe(gw.port, STREAM_SID, headers={"Last-Event-ID": "4"}, wait=0)  # reconnect
             for _ in range(100):
                 if hook_got and hook_got[-1][0] == "end":
                     break
@@ -226,6 +227,7 @@ async def test_marker_call_exact_words_with_gap_resend_and_late_subscriber() -> 
     assert end["audio_s"] == pytest.approx(len(ulaw) / SR8) and end["marks"] == 1 and end["close_code"] == 1000
     assert [int(i) for i, _, _ in got] == sorted(int(i) for i, _, _ in got)  # SSE ids increase
     assert late == got  # the late subscriber missed nothing (the backlog holds the whole short call)
+    assert again == [e for e in got if int(e[0]) > 4]  # an EventSource reconnecting with Last-Event-ID
     # The webhook: start, every final (no interims), Metadata, end - in order.
     assert hook_got[0][0] == "start" and hook_got[-1][0] == "end"
     hook_finals = [d for e, d in hook_got if e == "message" and d.get("type") == "Results"]
@@ -258,6 +260,7 @@ async def test_socket_dropped_without_stop_still_delivers_trailing_words() -> No
     [
         ("media_before_start", 1008),
         ("alaw_format", 1003),
+        ("rate_not_a_number", 1003),
         ("encoding_param", 1008),
         ("bad_base64", 1007),
         ("timestamp_jump", 1007),
@@ -266,7 +269,8 @@ async def test_socket_dropped_without_stop_still_delivers_trailing_words() -> No
     ],
 )
 async def test_bad_streams_are_refused_with_a_reason(mutate: str, code: int) -> None:
-    """Bad input tried: media before start; an a-law mediaFormat; encoding set by a parameter; a
+    """Bad input tried: media before start; an a-law mediaFormat; a sampleRate that is not a number;
+    encoding set by a parameter; a
     payload that is not base64; a timestamp 2 minutes ahead; a frame that is not JSON; a webhook on a
     loopback address (not allowed by queue.url_allow). Each closes
     the socket with a specific code, and the gateway serves the next call normally."""
@@ -277,6 +281,9 @@ async def test_bad_streams_are_refused_with_a_reason(mutate: str, code: int) -> 
         raw = [raw[0], raw[2], raw[1]]
     elif mutate == "alaw_format":
         events[1]["start"]["mediaFormat"]["encoding"] = "audio/x-alaw"
+        raw[1] = orjson.dumps(events[1]).decode()
+    elif mutate == "rate_not_a_number":
+        events[1]["start"]["mediaFormat"]["sampleRate"] = "eight thousand"
         raw[1] = orjson.dumps(events[1]).decode()
     elif mutate == "encoding_param":
         events[1]["start"]["customParameters"] = {"encoding": "linear16"}

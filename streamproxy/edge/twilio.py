@@ -432,9 +432,12 @@ class TwilioStream:
             await self.fail(1008, "start event without streamSid")
             return False
         fmt = start.get("mediaFormat") or {}
-        enc = str(fmt.get("encoding", "audio/x-mulaw")).lower()
-        rate, channels = fmt.get("sampleRate", TWILIO_RATE), fmt.get("channels", 1)
-        if enc != "audio/x-mulaw" or int(rate) != TWILIO_RATE or int(channels) != 1:
+        try:
+            enc = str(fmt.get("encoding", "audio/x-mulaw")).lower()
+            rate, channels = int(fmt.get("sampleRate", TWILIO_RATE)), int(fmt.get("channels", 1))
+        except (AttributeError, TypeError, ValueError):
+            enc, rate, channels = "?", 0, 0
+        if enc != "audio/x-mulaw" or rate != TWILIO_RATE or channels != 1:
             await self.fail(1003, f"unsupported mediaFormat {fmt}; expected audio/x-mulaw 8000 Hz mono")
             return False
         custom = start.get("customParameters") or {}
@@ -562,7 +565,8 @@ class TwilioStream:
             elif event in ("mark", "dtmf"):
                 self.marks += event == "mark"
                 assert self.hub is not None
-                self.hub.publish(event, {"type": event, **(msg.get(event) or {})})
+                body = msg.get(event)
+                self.hub.publish(event, {"type": event, **(body if isinstance(body, dict) else {})})
             elif event == "stop":
                 stopped = True
                 self.runner.client_text('{"type":"CloseStream"}')

@@ -7,8 +7,10 @@ no word lost, none repeated, sequence numbers without holes or duplicates.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import websockets
@@ -162,3 +164,39 @@ async def test_resume_is_a_clear_400_without_session_id() -> None:
         with pytest.raises(websockets.InvalidStatus) as ei:
             await websockets.connect(_url(gw.port, "&last_seq=3"))
         assert ei.value.response.status_code == 400
+
+
+async def test_resume_with_a_renewed_grant_token_of_the_same_key(tmp_path: Path) -> None:
+    """Ownership is the key, not the credential string: a browser that renewed its short-lived
+    token resumes its own session; a token of another key does not."""
+    from streamproxy.edge.auth import KeyStore
+
+    store = KeyStore(tmp_path / "keys.json")
+    _, alice = store.create("alice")
+    _, bob = store.create("bob")
+    async with engine("marker") as eport:
+        cfg = gateway_config(
+            [f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 10.0, "server.data_dir": str(tmp_path)}
+        )
+        async with gateway(cfg) as gw, aiohttp.ClientSession() as http:
+
+            async def grant(key: str, ttl: int = 30) -> str:
+                url = f"http://127.0.0.1:{gw.port}/v1/auth/grant"
+                body = {"ttl_seconds": ttl}
+                async with http.post(url, headers={"Authorization": f"Token {key}"}, json=body) as r:
+                    assert r.status == 200
+                    return str((await r.json())["access_token"])
+
+            t1, t2, tb = await grant(alice), await grant(alice, 120), await grant(bob)
+            assert t1 != t2  # a renewed token is another credential string
+            ws = await websockets.connect(_url(gw.port), additional_headers={"Authorization": f"Bearer {t1}"})
+            sid = ws.response.headers["dg-request-id"]
+            await ws.send(AUDIO[: CHUNK * 5])
+            ws.transport.abort()
+            await asyncio.sleep(0.2)
+            resume = _url(gw.port, f"&resume={sid}&last_seq=0&audio_offset={CHUNK * 5}")
+            with pytest.raises(websockets.InvalidStatus) as ei:
+                await websockets.connect(resume, additional_headers={"Authorization": f"Bearer {tb}"})
+            assert ei.value.response.status_code == 403
+            async with websockets.connect(resume, additional_headers={"Authorization": f"Bearer {t2}"}) as ws2:
+                assert orjson.loads(await ws2.recv())["state"] == "resumed"

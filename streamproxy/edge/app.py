@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -19,7 +18,7 @@ from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
 from ..session.runner import ClientSocket, SessionRunner, clock
 from ..upstream.pool import UpstreamPool
-from .auth import REQUEST_ID, Authenticator, edge_middleware, grant_route, request_authorized
+from .auth import REQUEST_ID, Authenticator, edge_middleware, grant_route, principal_of, request_authorized
 from .limits import Limiter, admit_session, track_session
 from .params import ParamError, StreamParams, parse_params
 
@@ -134,9 +133,10 @@ def authorized(gw: Gateway, request: web.Request) -> bool:
 
 
 def owner_of(request: web.Request) -> str:
-    """Who may resume a session: a digest of the credential it was opened with ("" if anonymous)."""
-    cred = client_credential(request)
-    return hashlib.sha256(f"{cred[0]}:{cred[1]}".encode()).hexdigest() if cred else ""
+    """Who may resume a session: the client key it was opened with (a grant token counts as its key,
+    so a renewed token still resumes); "" for anonymous sessions, whose unguessable id is the secret."""
+    p = principal_of(request)
+    return p.id if p is not None and p.kind in ("key", "token") else ""
 
 
 async def listen_ws(request: web.Request) -> web.StreamResponse:

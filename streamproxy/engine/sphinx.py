@@ -26,7 +26,9 @@ __all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "d
 SAMPLE_RATE = 16000
 _FRAME_RATE = 100  # pocketsphinx feature frames per second (config "frate")
 _ALT = re.compile(r"\(\d+\)$")
-_MAX_UTT_S = 20  # force a final in endless speech, so the proxy's replay buffer stays bounded
+# Force a final in endless speech: keeps the proxy's replay buffer bounded, and keeps messages coming
+# within the gateway's stall timeout (10 s by default) when interim results are off.
+_MAX_UTT_S = 8
 _SILENCE_FINAL_S = 3
 _INTERIM_S = 0.25
 _WARM_S = 1.0  # seconds of speech after which a fresh decoder's cepstral mean is usable

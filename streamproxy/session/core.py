@@ -168,6 +168,7 @@ class Session:
         self.sent_pos = 0  # absolute byte position sent to the current upstream
         self._unanswered_since: float | None = None  # first send after the last upstream message
         self._controls_pending = 0  # Finalize/CloseStream sent on this connection, not yet answered
+        self._stall_strikes = 0  # stalls since the upstream last said anything
         self._control_since: float | None = None
         self._finalize_owed = 0  # client Finalize/CloseStream whose final the client has not had yet
         self._last_activity = now  # last client audio or keepalive sent upstream
@@ -479,6 +480,7 @@ class Session:
         if gen != self.gen or self.done:
             return self._take()
         self._unanswered_since = None
+        self._stall_strikes = 0
         if self.attempt:
             self.attempt = 0  # the connection works: the next failure starts the backoff again
         try:
@@ -671,12 +673,21 @@ class Session:
             cands.append(self._last_activity + self.s.keepalive_s)
         stall_since = self._stall_since()
         if self.connected and stall_since is not None:
-            cands.append(stall_since + self.s.stall_timeout_s)
+            cands.append(stall_since + self._stall_timeout)
         if self._close_deadline is not None and not self.done:
             cands.append(self._close_deadline)
         if self._detach_deadline is not None:
             cands.append(self._detach_deadline)
         return min(cands) if cands else None
+
+    @property
+    def _stall_timeout(self) -> float:
+        """Doubles after each stall without a message in between (up to 8x).
+
+        A recognizer that legitimately says nothing for long (one long utterance without interim
+        results) would otherwise be "stalled" again after every replay and never get through.
+        """
+        return self.s.stall_timeout_s * 2 ** min(self._stall_strikes, 3)
 
     def _stall_since(self) -> float | None:
         a, b = self._unanswered_since, self._control_since
@@ -695,8 +706,9 @@ class Session:
         if (
             self.connected
             and (since := self._stall_since()) is not None
-            and now >= since + self.s.stall_timeout_s
+            and now >= since + self._stall_timeout
         ):
+            self._stall_strikes += 1
             self._actions.append(DropUpstream("stall"))
             self._retry(now, "stall")
         if self._detach_deadline is not None and now >= self._detach_deadline:

@@ -62,7 +62,7 @@ def validate_strict(msg: dict[str, Any]) -> Any:
         ListenV1UtteranceEnd,
     )
 
-    models = {
+    models: dict[str, Any] = {
         "Results": ListenV1Results,
         "Metadata": ListenV1Metadata,
         "SpeechStarted": ListenV1SpeechStarted,

@@ -243,13 +243,15 @@ class JobQueue:
 
     async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
         """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
+        # State first, then the job: read the other way round, a job finishing in between would
+        # show "completed" with the return value it did not have yet when it was read.
+        state = await self.transcribe.getJobState(job_id)
         job = await self._job(job_id, owner)
         if job is None:
             tomb = await self.raw.get(self.keys.cancel(job_id))
             if tomb is not None:
                 return {"id": job_id, "state": _text(tomb)}
             return None
-        state = await self.transcribe.getJobState(job_id)
         data = job.data if isinstance(job.data, dict) else {}
         out: dict[str, Any] = {
             "id": job_id,

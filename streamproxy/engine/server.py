@@ -440,7 +440,9 @@ async def _live_stream(
         await ws.prepare(request)
         st.sockets.add(ws)
         await stream.run()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        pass  # the peer vanished mid-send (a gateway failing over): nothing to report to it
+    except asyncio.CancelledError:
         raise
     except EngineOverloaded as exc:
         # Deepgram-shaped, then 1013 (try again later): the gateway replays elsewhere, not a hang.

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
@@ -33,7 +34,7 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     arrivals: dict[tuple[int, int], float] = {}
 
     async def sink(ws: ServerConnection) -> None:
@@ -140,10 +141,10 @@ def main() -> None:
         pass
     res = asyncio.run(run(args))
     print(f"{'path':<14}{'frames':>8}{'lost':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
-    for name, r in res["paths"].items():  # type: ignore[union-attr]
+    for name, r in res["paths"].items():
         print(f"{name:<14}{r['frames']:>8}{r['lost']:>6}{r['p50_ms']:>10.3f}{r['p95_ms']:>10.3f}{r['p99_ms']:>10.3f}")
     a = res["added_ms"]
-    print(f"added by streamproxy: p50 {a['p50_ms']:.3f} ms, p95 {a['p95_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms")  # type: ignore[index]
+    print(f"added by streamproxy: p50 {a['p50_ms']:.3f} ms, p95 {a['p95_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms")
     out = ROOT / "benchmarks" / "results" / "frame_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))

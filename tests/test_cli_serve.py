@@ -161,8 +161,9 @@ async def test_idle_client_keeps_its_session_through_keepalive() -> None:
             await ws.send_bytes(audio)
             await ws.send_str('{"type":"CloseStream"}')
             msgs = [orjson.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
-        m = gw.gateway.metrics
-        assert m.upstream_connects.labels("u0")._value.get() == 1
-        assert sum(c._value.get() for c in m.upstream_reconnects._metrics.values()) == 0
+        reg = gw.gateway.metrics.registry
+        assert reg.get_sample_value("streamproxy_upstream_connects_total", {"upstream": "u0"}) == 1
+        reconnects = [s for f in reg.collect() if f.name == "streamproxy_upstream_reconnects" for s in f.samples]
+        assert sum(s.value for s in reconnects if s.name.endswith("_total")) == 0
     assert [w for w, _, _ in final_words(msgs)] == ["w7", "w7"]
     assert not any(x.get("type") == "Error" for x in msgs)

@@ -25,6 +25,11 @@ EXPECTED = [(f"w{k}", round(0.1 + i * 0.55, 6), round(0.3 + i * 0.55, 6)) for i,
 CHUNK = SR * 2 // 10  # 100 ms
 
 
+def _sid(ws: ClientConnection) -> str:
+    assert ws.response is not None
+    return str(ws.response.headers["dg-request-id"])
+
+
 def _url(port: int, extra: str = "") -> str:
     return f"ws://127.0.0.1:{port}/v1/listen?encoding=linear16&sample_rate={SR}&proxy_events=true{extra}"
 
@@ -58,7 +63,7 @@ async def test_resume_after_socket_killed_mid_stream(resend_from: str) -> None:
         async with gateway(cfg) as gw:
             first: list[dict[str, Any]] = []
             ws = await websockets.connect(_url(gw.port))
-            sid = ws.response.headers["dg-request-id"]
+            sid = _sid(ws)
             reader = asyncio.create_task(_recv_all(ws, first, stop_after_finals=3))
             sent = 0
             while not reader.done() and sent < len(AUDIO) * 2 // 3:
@@ -104,7 +109,7 @@ async def test_resume_after_grace_window_is_refused() -> None:
         cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 0.5})
         async with gateway(cfg) as gw:
             ws = await websockets.connect(_url(gw.port))
-            sid = ws.response.headers["dg-request-id"]
+            sid = _sid(ws)
             await ws.send(AUDIO[: CHUNK * 5])
             ws.transport.abort()
             for _ in range(60):
@@ -123,7 +128,7 @@ async def test_resume_with_another_keys_session_is_refused() -> None:
         cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 10.0})
         async with gateway(cfg, client_keys=("key-alice-123", "key-bob-456")) as gw:
             ws = await websockets.connect(_url(gw.port), additional_headers={"Authorization": "Token key-alice-123"})
-            sid = ws.response.headers["dg-request-id"]
+            sid = _sid(ws)
             await ws.send(AUDIO[: CHUNK * 5])
             ws.transport.abort()
             await asyncio.sleep(0.2)
@@ -144,7 +149,7 @@ async def test_resume_with_an_audio_gap_is_refused_and_the_session_survives() ->
         cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.resume_grace_s": 10.0})
         async with gateway(cfg) as gw:
             ws = await websockets.connect(_url(gw.port))
-            sid = ws.response.headers["dg-request-id"]
+            sid = _sid(ws)
             await ws.send(AUDIO[: CHUNK * 5])
             ws.transport.abort()
             await asyncio.sleep(0.2)
@@ -190,7 +195,7 @@ async def test_resume_with_a_renewed_grant_token_of_the_same_key(tmp_path: Path)
             t1, t2, tb = await grant(alice), await grant(alice, 120), await grant(bob)
             assert t1 != t2  # a renewed token is another credential string
             ws = await websockets.connect(_url(gw.port), additional_headers={"Authorization": f"Bearer {t1}"})
-            sid = ws.response.headers["dg-request-id"]
+            sid = _sid(ws)
             await ws.send(AUDIO[: CHUNK * 5])
             ws.transport.abort()
             await asyncio.sleep(0.2)

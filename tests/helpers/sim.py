@@ -200,10 +200,10 @@ class World:
                 chunk_i += 1
                 end = min(len(self.audio), pos + n)
                 while finalize_at and finalize_at[0] <= end:
-                    f = max(pos, finalize_at.pop(0))
-                    if f > pos:
-                        handle(core.client_audio(self.audio[pos:f], now))
-                        pos = f
+                    at = max(pos, finalize_at.pop(0))
+                    if at > pos:
+                        handle(core.client_audio(self.audio[pos:at], now))
+                        pos = at
                     handle(core.client_text('{"type":"Finalize"}', now))
                 if end > pos:
                     handle(core.client_audio(self.audio[pos:end], now))

@@ -12,26 +12,13 @@ from urllib.parse import urlencode
 
 from multidict import MultiMapping
 
+from ..engine.protocol import BOOL_PARAMS as DEEPGRAM_BOOL_PARAMS
+from ..engine.protocol import LIVE_PARAMS, bounded_int
 from ..session.audio import CONTAINER_ENCODINGS, RAW_BYTES_PER_SAMPLE, AudioFormat
 
-DEEPGRAM_LIVE_PARAMS = frozenset(
-    {
-        "alternatives", "callback", "callback_method", "channels", "detect_entities", "diarize",
-        "diarize_model", "diarize_version", "dictation", "encoding", "endpointing", "extra",
-        "filler_words", "interim_results", "keyterm", "keywords", "language", "language_hint",
-        "mip_opt_out", "model", "multichannel", "ner", "no_delay", "numerals", "profanity_filter",
-        "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "tier",
-        "utterance_end_ms", "vad_events", "version",
-    }
-)  # fmt: skip
+DEEPGRAM_LIVE_PARAMS = LIVE_PARAMS
 PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq", "audio_offset"})
-BOOL_PARAMS = frozenset(
-    {
-        "detect_entities", "diarize", "dictation", "filler_words", "interim_results", "mip_opt_out",
-        "multichannel", "no_delay", "numerals", "profanity_filter", "punctuate", "smart_format",
-        "vad_events", "proxy_events",
-    }
-)  # fmt: skip
+BOOL_PARAMS = DEEPGRAM_BOOL_PARAMS | {"proxy_events"}
 BOOL_VALUES = {"true": True, "false": False}
 
 
@@ -51,13 +38,7 @@ class StreamParams:
 
 
 def _int(name: str, value: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise ParamError(f"{name} must be an integer, got {value!r}") from None
-    if not lo <= n <= hi:
-        raise ParamError(f"{name} must be between {lo} and {hi}, got {n}")
-    return n
+    return bounded_int(name, value, lo, hi, error=ParamError)
 
 
 def parse_params(query: MultiMapping[str]) -> StreamParams:

@@ -336,3 +336,47 @@ def prerecorded_response(
         },
         "results": results,
     }
+
+
+# --------------------------------------------------------------------------- query parameters
+# The Deepgram query vocabulary, one home for the engine's and the gateway's allow-lists.
+
+LIVE_PARAMS = frozenset(
+    {
+        "alternatives", "callback", "callback_method", "channels", "detect_entities", "diarize",
+        "diarize_model", "diarize_version", "dictation", "encoding", "endpointing", "extra",
+        "filler_words", "interim_results", "keyterm", "keywords", "language", "language_hint",
+        "mip_opt_out", "model", "multichannel", "ner", "no_delay", "numerals", "profanity_filter",
+        "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "tier",
+        "utterance_end_ms", "vad_events", "version",
+    }
+)  # fmt: skip
+PRERECORDED_PARAMS = frozenset(
+    {
+        "alternatives", "callback", "callback_method", "channels", "custom_intent", "custom_intent_mode",
+        "custom_topic", "custom_topic_mode", "detect_entities", "detect_language", "detect_topics",
+        "diarize", "diarize_model", "diarize_version", "dictation", "encoding", "extra", "filler_words",
+        "intents", "keyterm", "keywords", "language", "language_hint", "measurements", "mip_opt_out",
+        "model", "multichannel", "ner", "numerals", "paragraphs", "profanity_filter", "punctuate",
+        "redact", "replace", "sample_rate", "search", "sentiment", "smart_format", "summarize", "tag",
+        "tier", "topics", "utt_split", "utterances", "version", "endpointing",
+    }
+)  # fmt: skip
+BOOL_PARAMS = frozenset(
+    {
+        "detect_entities", "detect_language", "diarize", "dictation", "filler_words", "interim_results",
+        "intents", "measurements", "mip_opt_out", "multichannel", "no_delay", "numerals", "paragraphs",
+        "profanity_filter", "punctuate", "sentiment", "smart_format", "topics", "utterances", "vad_events",
+    }
+)  # fmt: skip
+
+
+def bounded_int(name: str, value: str, lo: int, hi: int, *, error: type[Exception] = ValueError) -> int:
+    """A query parameter as an integer in [lo, hi], or ``error`` with a message naming it."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise error(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise error(f"{name} must be between {lo} and {hi}, got {n}")
+    return n

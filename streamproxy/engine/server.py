@@ -37,9 +37,13 @@ from multidict import MultiMapping
 
 from streamproxy.engine.marker import MarkerRecognizer
 from streamproxy.engine.protocol import (
+    BOOL_PARAMS,
+    LIVE_PARAMS,
+    PRERECORDED_PARAMS,
     Event,
     Recognizer,
     Result,
+    bounded_int,
     configure_failure_message,
     configure_success_message,
     error_message,
@@ -65,34 +69,6 @@ log = logging.getLogger("streamproxy.engine")
 
 KINDS = ("marker", "pocketsphinx", "whisper")
 
-LIVE_PARAMS = frozenset(
-    {
-        "alternatives", "callback", "callback_method", "channels", "detect_entities", "diarize",
-        "diarize_model", "diarize_version", "dictation", "encoding", "endpointing", "extra",
-        "filler_words", "interim_results", "keyterm", "keywords", "language", "language_hint",
-        "mip_opt_out", "model", "multichannel", "ner", "no_delay", "numerals", "profanity_filter",
-        "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "tier",
-        "utterance_end_ms", "vad_events", "version",
-    }
-)  # fmt: skip
-PRERECORDED_PARAMS = frozenset(
-    {
-        "alternatives", "callback", "callback_method", "channels", "custom_intent", "custom_intent_mode",
-        "custom_topic", "custom_topic_mode", "detect_entities", "detect_language", "detect_topics",
-        "diarize", "diarize_model", "diarize_version", "dictation", "encoding", "extra", "filler_words",
-        "intents", "keyterm", "keywords", "language", "language_hint", "measurements", "mip_opt_out",
-        "model", "multichannel", "ner", "numerals", "paragraphs", "profanity_filter", "punctuate",
-        "redact", "replace", "sample_rate", "search", "sentiment", "smart_format", "summarize", "tag",
-        "tier", "topics", "utt_split", "utterances", "version", "endpointing",
-    }
-)  # fmt: skip
-_BOOL_PARAMS = frozenset(
-    {
-        "detect_entities", "detect_language", "diarize", "dictation", "filler_words", "interim_results",
-        "intents", "measurements", "mip_opt_out", "multichannel", "no_delay", "numerals", "paragraphs",
-        "profanity_filter", "punctuate", "sentiment", "smart_format", "topics", "utterances", "vad_events",
-    }
-)  # fmt: skip
 _DEFAULT_MODELS = {"marker": "marker", "pocketsphinx": "pocketsphinx-en-us", "whisper": "whisper"}
 _NET0001 = (
     "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
@@ -132,13 +108,7 @@ class LiveOptions:
 
 
 def _int(name: str, value: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
-    if not lo <= n <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}, got {n}")
-    return n
+    return bounded_int(name, value, lo, hi, error=BadRequest)
 
 
 def _bool(query: MultiMapping[str], name: str) -> bool:
@@ -150,7 +120,7 @@ def _check_names(query: MultiMapping[str], allowed: frozenset[str]) -> None:
     if unknown:
         raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}")
     for key in query:
-        if key in _BOOL_PARAMS:
+        if key in BOOL_PARAMS:
             for v in query.getall(key):
                 if v.lower() not in ("true", "false"):
                     raise BadRequest(f"{key} must be true or false, got {v!r}")

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..engine.protocol import bounded_int
+
 __all__ = ["RAW_ENCODINGS", "AudioInfo", "BadAudio", "probe"]
 
 #: Raw (headerless) encodings and their bytes per sample: exact duration from the size.
@@ -108,13 +110,7 @@ def _int_param(params: Mapping[str, str], name: str, default: int | None, lo: in
         if default is None:
             raise BadAudio(f"{name} is required with encoding={params.get('encoding')}")
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadAudio(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise BadAudio(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    return bounded_int(name, raw, lo, hi, error=BadAudio)
 
 
 def probe(body: bytes, params: Mapping[str, str]) -> AudioInfo:

@@ -31,7 +31,7 @@ from multidict import MultiMapping
 
 from ..edge.app import GATEWAY, Gateway, authorized, deepgram_error
 from ..edge.auth import REQUEST_ID, principal_of
-from ..engine.server import PRERECORDED_PARAMS
+from ..engine.protocol import PRERECORDED_PARAMS
 from .audio import BadAudio, probe
 from .fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from .queue import JobQueue, connect_redis

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word
+from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = ["MarkerRecognizer", "ms_to_samples"]
 
@@ -234,15 +234,9 @@ class MarkerRecognizer:
 
     def _result(self, c: int, *, is_final: bool, speech_final: bool, from_finalize: bool) -> Result:
         sr = self.sample_rate
-        lo = self._final_end
-        return Result(
-            start=lo / sr,
-            end=c / sr,
-            words=[Word(f"w{k}", s / sr, e / sr, 1.0) for k, s, e in self._pending],
-            is_final=is_final,
-            speech_final=speech_final,
-            from_finalize=from_finalize,
-            duration=(c - lo) / sr,
+        words = [Word(f"w{k}", s / sr, e / sr, 1.0) for k, s, e in self._pending]
+        return span_result(
+            self._final_end, c, sr, words, is_final=is_final, speech_final=speech_final, from_finalize=from_finalize
         )
 
     def _emit_final(self, c: int, *, speech_final: bool, from_finalize: bool) -> None:

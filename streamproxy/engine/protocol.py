@@ -380,3 +380,19 @@ def bounded_int(name: str, value: str, lo: int, hi: int, *, error: type[Exceptio
     if not lo <= n <= hi:
         raise error(f"{name} must be between {lo} and {hi}, got {n}")
     return n
+
+
+def span_result(
+    lo: int, c: int, sr: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool
+) -> Result:
+    """A result covering samples [lo, c): times from integer sample indices, so they are exact."""
+    c = max(c, lo)
+    return Result(
+        start=lo / sr,
+        end=c / sr,
+        words=words,
+        is_final=is_final,
+        speech_final=speech_final,
+        from_finalize=from_finalize,
+        duration=(c - lo) / sr,
+    )

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word
+from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "default_pool"]
 
@@ -345,18 +345,10 @@ class SphinxRecognizer:
             out.append(self._result(end, words, is_final=False, speech_final=False, from_finalize=False))
 
     def _result(self, c: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool) -> Result:
-        sr = self.sample_rate
-        lo = self._final_end
-        c = max(c, lo)
-        return Result(
-            start=lo / sr,
-            end=c / sr,
-            words=words,
-            is_final=is_final,
-            speech_final=speech_final,
-            from_finalize=from_finalize,
-            duration=(c - lo) / sr,
-        )
+        return span_result(
+            self._final_end, c, self.sample_rate, words,
+            is_final=is_final, speech_final=speech_final, from_finalize=from_finalize,
+        )  # fmt: skip
 
     def _emit_final(self, c: int, words: list[Word], *, speech_final: bool, out: list[Event]) -> None:
         c = max(c, self._final_end)

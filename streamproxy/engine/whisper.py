@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word
+from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = [
     "DEFAULT_PACKAGE",
@@ -703,17 +703,10 @@ class WhisperRecognizer:
         return words
 
     def _result(self, c: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool) -> Result:
-        lo = self._final_end
-        c = max(c, lo)
-        return Result(
-            start=lo / SAMPLE_RATE,
-            end=c / SAMPLE_RATE,
-            words=words,
-            is_final=is_final,
-            speech_final=speech_final,
-            from_finalize=from_finalize,
-            duration=(c - lo) / SAMPLE_RATE,
-        )
+        return span_result(
+            self._final_end, c, SAMPLE_RATE, words,
+            is_final=is_final, speech_final=speech_final, from_finalize=from_finalize,
+        )  # fmt: skip
 
     def _emit(self, c: int, words: list[Word], *, speech_final: bool, from_finalize: bool, out: list[Event]) -> None:
         c = max(c, self._final_end)

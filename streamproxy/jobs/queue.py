@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Config, QueueConfig, resolve_data_dir
-from .redis_embedded import EmbeddedRedis
+from .redis_embedded import EmbeddedRedis, ping
 
 log = logging.getLogger("streamproxy.jobs")
 
@@ -96,16 +96,6 @@ def raw_client(url: str) -> aioredis.Redis:
     )
 
 
-async def _ping(url: str, timeout: float) -> bool:
-    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(await client.ping())
-    except (OSError, aioredis.RedisError):
-        return False
-    finally:
-        await client.aclose()
-
-
 async def connect_redis(cfg: Config, *, embedded_fallback: bool) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, spawning the embedded server when none is configured (or reachable).
 
@@ -114,11 +104,11 @@ async def connect_redis(cfg: Config, *, embedded_fallback: bool) -> tuple[str, E
     """
     url = cfg.queue.redis_url
     if url:
-        if await _ping(url, 2.0):
+        if await ping(url, 2.0):
             return url, None
         if not embedded_fallback:
             log.warning("redis unreachable, waiting", extra={"event": "redis_wait"})
-            while not await _ping(url, 2.0):
+            while not await ping(url, 2.0):
                 await asyncio.sleep(1.0)
             return url, None
         log.warning(

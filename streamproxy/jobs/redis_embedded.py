@@ -72,7 +72,8 @@ def socket_path(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"streamproxy-redis-{digest}.sock"
 
 
-async def _ping(url: str, timeout: float = 1.0) -> bool:
+async def ping(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Redis answers at ``url`` within ``timeout``."""
     client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(await client.ping())
@@ -97,14 +98,14 @@ class EmbeddedRedis:
 
     async def start(self, timeout: float = 15.0) -> str:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if await _ping(self.url):
+        if await ping(self.url):
             log.info("reusing embedded redis", extra={"event": "redis_embedded_reuse", "socket": str(self.sock)})
             return self.url
         # One starter at a time per data dir (serve and a worker may start together).
         with open(self.dir / "start.lock", "w") as lock:  # noqa: ASYNC230 - a local lock file, instant
             await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
             try:
-                if await _ping(self.url):
+                if await ping(self.url):
                     return self.url
                 await self._spawn(timeout)
             finally:
@@ -145,7 +146,7 @@ class EmbeddedRedis:
                     tail = (self.dir / "redis.log").read_text()[-500:]
                 self.proc = None
                 raise RuntimeError(f"embedded redis-server exited during start: {tail.strip()}")
-            if self.sock.exists() and await _ping(self.url, 0.5):
+            if self.sock.exists() and await ping(self.url, 0.5):
                 log.info(
                     "embedded redis started",
                     extra={"event": "redis_embedded_started", "socket": str(self.sock), "binary": binary},

@@ -48,9 +48,7 @@ class EngineSupervisor:
     _stopping: bool = False
 
     def upstreams(self) -> list[Upstream]:
-        return [
-            Upstream(f"engine-{c.index}", f"ws://{self.host}:{c.port}", priority=100) for c in self.children
-        ]
+        return [Upstream(f"engine-{c.index}", f"ws://{self.host}:{c.port}", priority=100) for c in self.children]
 
     async def start(self, ready_timeout: float = 60.0) -> None:
         for i in range(self.processes):

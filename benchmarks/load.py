@@ -137,8 +137,14 @@ class Services:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROXY_") and k != "DEEPGRAM_API_KEY"}
         env["STREAMPROXY_UPSTREAM_ENGINE_URL"] = f"ws://127.0.0.1:{self.ports['engine']}"
         env["STREAMPROXY_LIMITS_MAX_SESSIONS"] = "100000"
-        main = ["-m", "benchmarks.variants", self.variant, "--"] if self.variant else ["-m", "streamproxy"]
-        cmd = [*taskset(self.proxy_cpu), sys.executable, *main, "serve", "--port", str(port)]
+        if self.variant.startswith("pyrelay-"):  # not streamproxy: the floor of a Python relay (pyrelay.py)
+            lib = self.variant.removeprefix("pyrelay-")
+            target = f"ws://127.0.0.1:{self.ports['engine']}"
+            args = ["-m", "benchmarks.pyrelay", "--port", str(port), "--target", target, "--upstream-lib", lib]
+            cmd = [*taskset(self.proxy_cpu), sys.executable, *args]
+        else:
+            main = ["-m", "benchmarks.variants", self.variant, "--"] if self.variant else ["-m", "streamproxy"]
+            cmd = [*taskset(self.proxy_cpu), sys.executable, *main, "serve", "--port", str(port)]
         p = self._spawn("streamproxy", cmd, env)
         wait_port(port, p, "streamproxy")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
@@ -385,27 +391,40 @@ def profile(svc: Services, seconds: float, out: Path) -> subprocess.Popen[bytes]
     return subprocess.Popen([*taskset(svc.client_cpu), *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize_profile(raw: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
-    """Self and inclusive time shares per function from py-spy's collapsed stacks."""
+def summarize_profile(raw: Path, top: int = 30) -> dict[str, Any]:
+    """Self and inclusive shares per function of the event-loop thread's busy samples (py-spy raw stacks).
+
+    Idle samples (the loop waiting in epoll) and other threads (an idle executor pool) are left out.
+    """
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    total = 0
+    busy = idle = other = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
-        total += n
         frames = stack.split(";")
+        if not any(f.startswith("Runner.run (asyncio/runners.py") for f in frames) or any(
+            f.startswith("Thread.run (threading.py") for f in frames
+        ):
+            other += n
+            continue
+        if frames[-1].startswith("epoll_pwait") or frames[-1].startswith("epoll_wait"):
+            idle += n
+            continue
+        busy += n
         self_t[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
-    if not total:
-        return {"self": [], "inclusive": []}
+    if not busy:
+        return {"self": [], "inclusive": [], "busy_samples": 0}
     return {
-        "self": [(f, round(100 * c / total, 1)) for f, c in self_t.most_common(top)],
-        "inclusive": [(f, round(100 * c / total, 1)) for f, c in incl.most_common(top)],
-        "samples": total,  # type: ignore[dict-item]
+        "busy_samples": busy,
+        "idle_samples": idle,
+        "other_thread_samples": other,
+        "self": [(f, round(100 * c / busy, 1)) for f, c in self_t.most_common(top)],
+        "inclusive": [(f, round(100 * c / busy, 1)) for f, c in incl.most_common(3 * top)],
     }
 
 
@@ -438,8 +457,9 @@ def print_table(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> str:
         "Latency per result, ms (p50/p95/p99); added = path - direct at the same N",
         "",
         "| N | direct | nginx | streamproxy | added p50/p99 streamproxy | added p50/p99 nginx "
-        "| streamproxy/direct p99 | streamproxy/nginx p99 | results timed per path | errors d/n/p | baseline |",
-        "|" + "|".join("---" for _ in range(11)) + "|",
+        "| streamproxy/direct p99 | streamproxy/nginx p99 | results timed per path | errors d/n/p "
+        "| client send lag p99 d/n/p ms | baseline |",
+        "|" + "|".join("---" for _ in range(12)) + "|",
     ]
     for r in rows:
         d, x, p = (r["paths"][k] for k in PATHS)
@@ -451,6 +471,7 @@ def print_table(rows: list[dict[str, Any]], idle: dict[str, Any] | None) -> str:
             f"| {fmt(r.get('nginx_added_p50'))}/{fmt(r.get('nginx_added_p99'))} "
             f"| {fmt(r.get('ratio_proxy_direct_p99'))} | {fmt(r.get('ratio_proxy_nginx_p99'))} "
             f"| {p['results']} | {d['errors']}/{x['errors']}/{p['errors']} "
+            f"| {'/'.join(fmt(q['send_lag_p99_ms'], 0) for q in (d, x, p))} "
             f"| {'SATURATED (engine/client core)' if r.get('baseline_saturated') else 'valid'} |"
         )
     lines += [
@@ -492,8 +513,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     sat = [r["n"] for r in rows if r.get("baseline_saturated")]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax in (a, b):
-        if sat:
-            ax.axvspan(min(sat) * 0.9, max(sat) * 1.1, color="tab:red", alpha=0.08, label="baseline saturated")
+        for i, n in enumerate(sat):
+            label = "direct baseline saturated" if i == 0 else None
+            ax.axvspan(n * 0.85, n * 1.15, color="tab:red", alpha=0.12, label=label)
     styles = {"direct": "tab:gray", "nginx": "tab:green", "streamproxy": "tab:blue"}
     for path, color in styles.items():
         a.plot(ns, [r["paths"][path]["p99"] for r in rows], "o-", color=color, label=f"{path} p99")
@@ -511,6 +533,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     b.axhline(2.0, color="tab:orange", ls=":", label="target p99 2 ms")
     b.axhline(10.0, color="tab:red", ls=":", label="limit p99 10 ms")
     b.set_xscale("log")
+    b.set_yscale("symlog", linthresh=1.0)
     b.set_xlabel("concurrent sessions (N)")
     b.set_ylabel("added latency vs direct (ms)")
     b.set_title("Added latency (relay on one core)")
@@ -592,9 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ab",
         help="A/B mode: compare proxy variants ('/'-separated, each a comma list; 'none' = as shipped) "
-        "on the streamproxy path only, "
+        "on the streamproxy path only (pyrelay-websockets / pyrelay-aiohttp: benchmarks/pyrelay.py instead), "
         "at the first --n, interleaved --rounds times; writes load-ab.json",
     )
+    ap.add_argument("--replot", action="store_true", help="redraw load.png and the table from load.json")
     ap.add_argument("--rounds", type=int, default=2, help="A/B rounds")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = ap.parse_args(argv)
@@ -611,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     if client_cpu is not None:
         os.sched_setaffinity(0, [client_cpu])
 
+    if args.replot:
+        doc = json.loads((args.out / "load.json").read_text())
+        doc["table"] = print_table(doc["rows"], doc["summary"]["idle"])
+        (args.out / "load.json").write_text(json.dumps(doc, indent=1, default=str))
+        plot(doc["rows"], args.out / "load.png")
+        return 0
     if args.ab:
         return ab(args, ns[0], duration, proxy_cpu, client_cpu)
     tmp = Path(tempfile.mkdtemp(prefix="streamproxy-bench-"))

@@ -39,6 +39,12 @@ class Gateway:
     auth: Authenticator | None = None  # created from cfg + client_keys on first use if not given
     limiter: Limiter | None = None
 
+    def __post_init__(self) -> None:
+        # Computed at scrape time rather than updated on every audio frame.
+        self.metrics.audio_buffered.set_function(
+            lambda: sum(r.core.fmt.bytes_to_seconds(r.core.ring.nbytes) for r in list(self.runners))
+        )
+
     def open_session(self, sid: str, params: StreamParams, client: ClientSocket, owner: str) -> SessionRunner:
         settings = self.settings(params.proxy_events)
         core = Session(params.fmt, settings, now=clock(), session_id=sid)

@@ -79,7 +79,6 @@ class SessionRunner:
         self.finished = asyncio.Event()
         self.close_code: int | None = None
         self._last_upstream: str | None = None
-        self._buffered = 0.0
 
     # ------------------------------------------------------------------ actions
     def apply(self, actions: list[Action], *, inline: bool = False) -> None:
@@ -93,7 +92,7 @@ class SessionRunner:
                 if a.kind == "first_word":
                     self.metrics.first_word.observe(a.seconds)
                 else:
-                    self.metrics.latency.labels(a.kind).observe(a.seconds)
+                    self.metrics.latency_by_kind[a.kind].observe(a.seconds)
             elif type(a) is Count:
                 self._count(a)
             elif type(a) is Connect:
@@ -102,7 +101,6 @@ class SessionRunner:
                 self._drop_upstream()
             elif type(a) is CloseClient:
                 self._close_client(a)
-        self._update_buffered()
         self._reschedule()
         if inline:
             return
@@ -141,12 +139,6 @@ class SessionRunner:
             m.duplicates.inc()
         elif a.name == "fatal":
             m.fatal.inc()
-
-    def _update_buffered(self) -> None:
-        b = self.core.fmt.bytes_to_seconds(self.core.ring.nbytes)
-        if b != self._buffered:
-            self.metrics.audio_buffered.inc(b - self._buffered)
-            self._buffered = b
 
     async def _flush_up(self) -> None:
         try:
@@ -260,7 +252,7 @@ class SessionRunner:
                     self.pool.success(upstream.name)
                 self.apply(core.upstream_message(a.gen, msg, clock()), inline=True)
                 await self.flush()
-                self.metrics.overhead.labels("downstream").observe(time.perf_counter() - t0)
+                self.metrics.overhead_downstream.observe(time.perf_counter() - t0)
         except ConnectionClosed:
             pass
         finally:
@@ -302,8 +294,6 @@ class SessionRunner:
         if self._timer is not None:
             self._timer.cancel()
         self._drop_upstream()
-        self.metrics.audio_buffered.dec(self._buffered)
-        self._buffered = 0.0
         self.finished.set()
         if self.on_done is not None:
             self.on_done(self)
@@ -320,7 +310,7 @@ class SessionRunner:
         t0 = time.perf_counter()
         self.apply(self.core.client_audio(data, clock()), inline=True)
         await self.flush()
-        self.metrics.overhead.labels("upstream").observe(time.perf_counter() - t0)
+        self.metrics.overhead_upstream.observe(time.perf_counter() - t0)
 
     def client_text(self, text: str) -> None:
         self.apply(self.core.client_text(text, clock()))

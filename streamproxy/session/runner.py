@@ -72,7 +72,7 @@ class SessionRunner:
         self._up_task: asyncio.Task[None] | None = None
         self._to_up: deque[bytes | str] = deque()
         self._to_client: deque[str | bytes] = deque()
-        self._up_flushing = False
+        self._up_flusher: object | None = None  # the upstream socket a flusher is writing to
         self._client_flushing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -104,18 +104,20 @@ class SessionRunner:
         self._reschedule()
         if inline:
             return
-        if self._to_up and not self._up_flushing and self.up is not None:
-            self._up_flushing = True
-            self.loop.create_task(self._flush_up())
+        up = self.up
+        if self._to_up and up is not None and self._up_flusher is not up:
+            self._up_flusher = up
+            self.loop.create_task(self._flush_up(up))
         if self._to_client and not self._client_flushing:
             self._client_flushing = True
             self.loop.create_task(self._flush_client())
 
     async def flush(self) -> None:
         """Write what is queued from the calling task: no task per frame on the hot path."""
-        if self._to_up and not self._up_flushing and self.up is not None:
-            self._up_flushing = True
-            await self._flush_up()
+        up = self.up
+        if self._to_up and up is not None and self._up_flusher is not up:
+            self._up_flusher = up
+            await self._flush_up(up)
         if self._to_client and not self._client_flushing:
             self._client_flushing = True
             await self._flush_client()
@@ -140,17 +142,21 @@ class SessionRunner:
         elif a.name == "fatal":
             m.fatal.inc()
 
-    async def _flush_up(self) -> None:
+    async def _flush_up(self, up: ClientConnection) -> None:
+        """Write queued frames to ``up`` only: a flusher blocked on a dead (stalled) socket must
+        never touch frames queued for the connection that replaced it."""
         try:
-            while self._to_up and self.up is not None:
+            while self._to_up and self.up is up:
                 data = self._to_up.popleft()
                 try:
-                    await self.up.send(data)
+                    await up.send(data)
                 except ConnectionClosed:
-                    self._to_up.clear()  # the core replays from its ring after the reconnect
+                    if self.up is up:
+                        self._to_up.clear()  # the core replays from its ring after the reconnect
                     break
         finally:
-            self._up_flushing = False
+            if self._up_flusher is up:
+                self._up_flusher = None
 
     async def _flush_client(self) -> None:
         try:

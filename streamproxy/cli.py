@@ -111,9 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the gateway (and the embedded engine when no upstream is set)")
-    s.add_argument(
-        "--config", help=f"TOML config file (default: ${ENV_CONFIG_FILE} if set, else built-in defaults)"
-    )
+    s.add_argument("--config", help=f"TOML config file (default: ${ENV_CONFIG_FILE} if set, else built-in defaults)")
     s.add_argument("--port", type=int, help="listen port (server.port)")
     s.add_argument("--host", help="listen address (server.host)")
     s.add_argument("--engine", help="embedded engine kind: auto, whisper, pocketsphinx, marker (engine.kind)")

@@ -422,9 +422,7 @@ class _Raw:
         kinds = _KINDS[section]
         if key not in kinds:
             raise ConfigError(f"{section}.{key}", f"unknown key (known: {', '.join(kinds)})")
-        self._store(
-            self.sections.setdefault(section, {}), f"{section}.{key}", kinds[key], key, value, text, source
-        )
+        self._store(self.sections.setdefault(section, {}), f"{section}.{key}", kinds[key], key, value, text, source)
 
     def set_upstream(self, name: str, key: str, value: Any, *, text: bool, source: str = "") -> None:
         name = name.lower()
@@ -503,8 +501,7 @@ def _apply_env(raw: _Raw, env: Mapping[str, str]) -> None:
             else:
                 raise ConfigError(
                     var,
-                    "unknown environment variable (expected STREAMPROXY_UPSTREAM_<NAME>_"
-                    "URL, _API_KEY or _PRIORITY)",
+                    "unknown environment variable (expected STREAMPROXY_UPSTREAM_<NAME>_URL, _API_KEY or _PRIORITY)",
                 )
             continue
         for section in _SECTIONS:
@@ -573,9 +570,7 @@ def _build_section(section: str, values: dict[str, _Value]) -> Any:
 def _build_upstream(name: str, values: dict[str, _Value]) -> UpstreamConfig:
     if "url" not in values:
         raise ConfigError(f"upstream.{name}.url", "is required")
-    kwargs = {
-        key: _validate(f"upstream.{name}.{key}", f"upstream.{key}", item) for key, item in values.items()
-    }
+    kwargs = {key: _validate(f"upstream.{name}.{key}", f"upstream.{key}", item) for key, item in values.items()}
     return UpstreamConfig(name=name, **kwargs)
 
 

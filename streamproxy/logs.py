@@ -203,8 +203,7 @@ class TextFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             tail = " ".join(
-                f"{k}={orjson.dumps(redact_value(v, k), default=_default).decode()}"
-                for k, v in extras.items()
+                f"{k}={orjson.dumps(redact_value(v, k), default=_default).decode()}" for k, v in extras.items()
             )
             first, sep, rest = line.partition("\n")
             line = f"{first} {tail}{sep}{rest}"

@@ -194,9 +194,7 @@ async def drain(running: Running, cfg: Config) -> None:
         r.drain(1012)
     waits = [r.finished.wait() for r in list(gw.runners)]
     if waits:
-        await asyncio.wait(
-            [asyncio.ensure_future(w) for w in waits], timeout=cfg.session.close_timeout_s + 1.0
-        )
+        await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=cfg.session.close_timeout_s + 1.0)
 
 
 async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -> None:

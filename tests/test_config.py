@@ -194,9 +194,7 @@ def test_deepgram_api_key_adds_upstream() -> None:
 def test_deepgram_api_key_fills_existing(tmp_path: Path) -> None:
     path = write(tmp_path, '[upstream.deepgram]\nurl = "wss://eu.example"\npriority = 2\n')
     cfg = load_config(path, env={"DEEPGRAM_API_KEY": "dgkey"})
-    assert cfg.upstreams == (
-        UpstreamConfig(name="deepgram", url="wss://eu.example", api_key="dgkey", priority=2),
-    )
+    assert cfg.upstreams == (UpstreamConfig(name="deepgram", url="wss://eu.example", api_key="dgkey", priority=2),)
 
 
 def test_deepgram_api_key_does_not_replace_explicit_key(tmp_path: Path) -> None:

@@ -112,9 +112,7 @@ def test_secret_fields_redacted(capture: tuple[logging.Logger, io.StringIO]) -> 
         ("protocols token, 0123456789abcdef0123", "0123456789abcdef0123"),
     ],
 )
-def test_message_patterns_redacted(
-    capture: tuple[logging.Logger, io.StringIO], text: str, secret: str
-) -> None:
+def test_message_patterns_redacted(capture: tuple[logging.Logger, io.StringIO], text: str, secret: str) -> None:
     logger, stream = capture
     logger.info(text)
     logger.info("via args: %s", text)

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 #: Raw encodings get the full guarantee (replay from any sample boundary).
 RAW_BYTES_PER_SAMPLE = {"linear16": 2, "linear32": 4, "mulaw": 1, "alaw": 1}
 #: Containerised / compressed encodings: replay only from the start of the stream.
-CONTAINER_ENCODINGS = frozenset(
-    {"opus", "ogg-opus", "flac", "amr-nb", "amr-wb", "g729", "speex", "webm", "mp3"}
-)
+CONTAINER_ENCODINGS = frozenset({"opus", "ogg-opus", "flac", "amr-nb", "amr-wb", "g729", "speex", "webm", "mp3"})
 #: Assumed byte rate bounding the buffer for container audio (256 kbit/s).
 CONTAINER_BYTES_PER_SECOND = 32_000
 

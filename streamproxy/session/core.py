@@ -703,11 +703,7 @@ class Session:
         if self.connected and not self.closing and now >= self._last_activity + self.s.keepalive_s:
             self._actions.append(SendUpstream(KEEPALIVE))
             self._last_activity = now
-        if (
-            self.connected
-            and (since := self._stall_since()) is not None
-            and now >= since + self._stall_timeout
-        ):
+        if self.connected and (since := self._stall_since()) is not None and now >= since + self._stall_timeout:
             self._stall_strikes += 1
             self._actions.append(DropUpstream("stall"))
             self._retry(now, "stall")

@@ -192,3 +192,11 @@ async def test_bad_input_is_rejected_clearly_and_others_unaffected() -> None:
             msgs = [orjson.loads(m.data) async for m in good if m.type == aiohttp.WSMsgType.TEXT]
             assert final_words(msgs) == EXPECTED
             await good.close()
+
+
+async def test_metrics_route_can_be_disabled() -> None:
+    async with engine("marker") as eport, aiohttp.ClientSession() as s:
+        for enabled, status in ((True, 200), (False, 404)):
+            cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **{"metrics.enabled": enabled})
+            async with gateway(cfg) as gw, s.get(f"http://127.0.0.1:{gw.port}/metrics") as r:
+                assert r.status == status

@@ -48,7 +48,15 @@ class Gateway:
     def open_session(self, sid: str, params: StreamParams, client: ClientSocket, owner: str) -> SessionRunner:
         settings = self.settings(params.proxy_events)
         core = Session(params.fmt, settings, now=clock(), session_id=sid)
-        runner = SessionRunner(core, client, self.pool, params.upstream_query, self.metrics, on_done=self._session_done)
+        runner = SessionRunner(
+            core,
+            client,
+            self.pool,
+            params.upstream_query,
+            self.metrics,
+            on_done=self._session_done,
+            max_message_bytes=self.cfg.session.max_message_bytes,
+        )
         runner.owner = owner
         self.runners.add(runner)
         if core.resumable:
@@ -262,7 +270,8 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_post("/v1/auth/grant", grant_route)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_route)
+    if gw.cfg.metrics.enabled:
+        app.router.add_get("/metrics", metrics_route)
     from .page import add_page_routes  # these modules import this one
     from .twilio import add_twilio_routes
 

@@ -51,9 +51,6 @@ class AudioFormat:
         return nbytes - nbytes % self.sample_bytes
 
     # Time <-> position conversions go through integer sample counts.
-    def seconds_to_samples(self, t: float) -> int:
-        return round(t * self.sample_rate)
-
     def samples_to_bytes(self, samples: int) -> int:
         return samples * self.sample_bytes
 

@@ -57,10 +57,12 @@ class SessionRunner:
         metrics: Metrics,
         *,
         on_done: Callable[[SessionRunner], None] | None = None,
+        max_message_bytes: int = 1_048_576,
     ) -> None:
         self.core = core
+        self.max_message_bytes = max_message_bytes
         self.client: ClientSocket | None = client
-        self.owner = ""  # digest of the credential that opened the session (who may resume it)
+        self.owner = ""  # the client key that opened the session (who may resume it)
         self.outcome = "ok"
         self.pool = pool
         self.query = upstream_query
@@ -230,7 +232,7 @@ class SessionRunner:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
         try:
-            ws = await open_upstream(upstream, self.query)
+            ws = await open_upstream(upstream, self.query, max_size=self.max_message_bytes)
         except HandshakeError as e:
             self.pool.failure(upstream.name, clock())
             log.info(

@@ -30,6 +30,12 @@ FRAME = 3200  # 100 ms of 16 kHz linear16
 WARMUP_FRAMES = 5  # per stream, not timed
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -71,7 +77,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("direct_again", f"ws://127.0.0.1:{sink_port}/v1/listen"),
             ]:
                 arrivals.clear()
+                cpu0 = _cpu_seconds(proc.pid)
+                t0 = time.perf_counter()
                 sent = await _drive(url, args.streams, args.frames)
+                gw_cpu = _cpu_seconds(proc.pid) - cpu0
+                session_s = args.streams * (time.perf_counter() - t0)
                 await asyncio.sleep(0.5)
                 # Steady state: a stream's first frames also wait for its upstream connection to open.
                 steady = {k: t for k, t in sent.items() if k[1] >= WARMUP_FRAMES}
@@ -85,6 +95,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "p99_ms": pct(lat, 0.99),
                     "mean_ms": statistics.fmean(lat),
                 }
+                if name == "streamproxy":
+                    results[name]["gateway_cpu_ms_per_session_s"] = 1e3 * gw_cpu / session_s
         finally:
             proc.terminate()
             proc.wait(20)
@@ -146,6 +158,7 @@ def main() -> None:
     print(f"{'path':<14}{'frames':>8}{'lost':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for name, r in res["paths"].items():
         print(f"{name:<14}{r['frames']:>8}{r['lost']:>6}{r['p50_ms']:>10.3f}{r['p95_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+    print(f"gateway CPU: {res['paths']['streamproxy']['gateway_cpu_ms_per_session_s']:.3f} ms per session-second")
     a = res["added_ms"]
     print(f"added by streamproxy: p50 {a['p50_ms']:.3f} ms, p95 {a['p95_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms")
     out = ROOT / "benchmarks" / "results" / "frame_overhead.json"

@@ -85,6 +85,7 @@ class Running:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        await self.gateway.close()
         if self.gateway.limiter is not None:
             await self.gateway.limiter.aclose()
         if self.supervisor is not None:

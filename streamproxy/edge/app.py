@@ -9,6 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
+import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +18,7 @@ from ..config import Config
 from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
 from ..session.runner import ClientSocket, SessionRunner, clock
+from ..upstream.connection import client_session
 from ..upstream.pool import UpstreamPool
 from .auth import REQUEST_ID, Authenticator, edge_middleware, grant_route, principal_of, request_authorized
 from .limits import Limiter, admit_session, track_session
@@ -38,6 +40,17 @@ class Gateway:
     sessions: dict[str, SessionRunner] = field(default_factory=dict)  # resumable sessions by id
     auth: Authenticator | None = None  # created from cfg + client_keys on first use if not given
     limiter: Limiter | None = None
+    http: aiohttp.ClientSession | None = None
+
+    def upstream_http(self) -> aiohttp.ClientSession:
+        """One HTTP client per gateway for all upstream connections (closed by ``close``)."""
+        if self.http is None or self.http.closed:
+            self.http = client_session()
+        return self.http
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
 
     def __post_init__(self) -> None:
         # Computed at scrape time rather than updated on every audio frame.
@@ -56,6 +69,7 @@ class Gateway:
             self.metrics,
             on_done=self._session_done,
             max_message_bytes=self.cfg.session.max_message_bytes,
+            http=self.upstream_http(),
         )
         runner.owner = owner
         self.runners.add(runner)

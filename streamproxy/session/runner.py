@@ -14,11 +14,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+import aiohttp
 
 from ..metrics import Metrics
-from ..upstream.connection import HandshakeError, open_upstream
+from ..upstream.connection import HandshakeError, UpstreamSocket, open_upstream
 from ..upstream.pool import Upstream, UpstreamPool
 from .core import (
     Action,
@@ -58,9 +57,11 @@ class SessionRunner:
         *,
         on_done: Callable[[SessionRunner], None] | None = None,
         max_message_bytes: int = 1_048_576,
+        http: aiohttp.ClientSession,
     ) -> None:
         self.core = core
         self.max_message_bytes = max_message_bytes
+        self.http = http  # the gateway's client for upstream connections
         self.client: ClientSocket | None = client
         self.owner = ""  # the client key that opened the session (who may resume it)
         self.outcome = "ok"
@@ -69,7 +70,7 @@ class SessionRunner:
         self.metrics = metrics
         self.on_done = on_done
         self.loop = asyncio.get_running_loop()
-        self.up: ClientConnection | None = None
+        self.up: UpstreamSocket | None = None
         self.upstream: Upstream | None = None
         self._up_task: asyncio.Task[None] | None = None
         self._to_up: deque[bytes | str] = deque()
@@ -144,7 +145,7 @@ class SessionRunner:
         elif a.name == "fatal":
             m.fatal.inc()
 
-    async def _flush_up(self, up: ClientConnection) -> None:
+    async def _flush_up(self, up: UpstreamSocket) -> None:
         """Write queued frames to ``up`` only: a flusher blocked on a dead (stalled) socket must
         never touch frames queued for the connection that replaced it."""
         try:
@@ -152,7 +153,7 @@ class SessionRunner:
                 data = self._to_up.popleft()
                 try:
                     await up.send(data)
-                except ConnectionClosed:
+                except ConnectionError:
                     if self.up is up:
                         self._to_up.clear()  # the core replays from its ring after the reconnect
                     break
@@ -217,8 +218,7 @@ class SessionRunner:
             self.upstream.active -= 1
             self.upstream = None
         if up is not None:
-            # Abort without the closing handshake: a stalled peer would not answer it anyway.
-            up.transport.abort()
+            up.abort()  # no closing handshake: a stalled peer would not answer it anyway
         task, self._up_task = self._up_task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -232,7 +232,7 @@ class SessionRunner:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
         try:
-            ws = await open_upstream(upstream, self.query, max_size=self.max_message_bytes)
+            ws = await open_upstream(self.http, upstream, self.query, max_size=self.max_message_bytes)
         except HandshakeError as e:
             self.pool.failure(upstream.name, clock())
             log.info(
@@ -242,7 +242,7 @@ class SessionRunner:
             self.apply(core.upstream_failed(a.gen, e.status, e.reason, clock()))
             return
         if a.gen != core.gen or core.done:
-            await ws.close()
+            ws.abort()
             return
         self.up = ws
         self.upstream = upstream
@@ -250,23 +250,15 @@ class SessionRunner:
         self.metrics.upstream_connects.labels(upstream.name).inc()
         self.apply(core.upstream_connected(a.gen, upstream.name, clock()))
         got_message = False
-        code: int | None = None
-        reason = ""
-        try:
-            async for msg in ws:
-                t0 = time.perf_counter()
-                if not got_message:
-                    got_message = True
-                    self.pool.success(upstream.name)
-                self.apply(core.upstream_message(a.gen, msg, clock()), inline=True)
-                await self.flush()
-                self.metrics.overhead_downstream.observe(time.perf_counter() - t0)
-        except ConnectionClosed:
-            pass
-        finally:
-            rcvd = ws.protocol.close_rcvd  # None when the TCP connection just died (no close frame)
-            if rcvd is not None:
-                code, reason = rcvd.code, rcvd.reason
+        while (msg := await ws.receive()) is not None:
+            t0 = time.perf_counter()
+            if not got_message:
+                got_message = True
+                self.pool.success(upstream.name)
+            self.apply(core.upstream_message(a.gen, msg, clock()), inline=True)
+            await self.flush()
+            self.metrics.overhead_downstream.observe(time.perf_counter() - t0)
+        code, reason = ws.close_code, ws.close_reason  # code None: died without a close frame
         if a.gen != core.gen:
             return  # dropped on purpose (stall, new connection): the core already moved on
         if self.up is ws:

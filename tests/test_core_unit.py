@@ -38,3 +38,15 @@ def test_stall_timeout_escalates_for_an_upstream_that_is_silent_during_long_spee
     # any upstream message resets the escalation
     core.upstream_message(core.gen, '{"type":"Results","start":0,"duration":0.1,"is_final":false}', t)
     assert core._stall_timeout == 10.0
+
+
+def test_latency_stamps_stay_bounded_through_a_long_outage() -> None:
+    """No upstream for a long time: the ring drops the oldest audio, and its arrival stamps go with it."""
+    s = SessionSettings(buffer_seconds=1.0, max_attempts=0)
+    core = Session(AudioFormat("linear16", 8000, 1), s, now=0.0)
+    core._take()  # never connected
+    for i in range(3000):  # 60 s of 20 ms chunks
+        core.client_audio(b"\x00\x00" * 160, i * 0.02)
+    assert core.ring.nbytes <= 16000
+    assert len(core._arrivals) <= 60  # about one buffer's worth of chunks, not 3000
+    assert core.stats.dropped_bytes > 0

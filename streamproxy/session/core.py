@@ -253,7 +253,8 @@ class Session:
             self._resume_pos = None
         self.client_pos += len(data)
         self.stats.audio_bytes += len(data)
-        self._arrivals.append((self.client_pos, now))
+        if self.fmt.raw:  # container audio has no byte->time mapping, so no latency to measure
+            self._arrivals.append((self.client_pos, now))
         self._last_activity = now
         fb = self._frame_bytes
         if not self._partial and len(data) == fb:
@@ -290,6 +291,9 @@ class Session:
 
     def _on_overflow(self, dropped: int) -> None:
         self.stats.dropped_bytes += dropped
+        arrivals = self._arrivals  # stamps of dropped audio go with it: bounded like the ring
+        while len(arrivals) > 1 and arrivals[0][0] <= self.ring.start:
+            arrivals.popleft()
         secs = self.fmt.bytes_to_seconds(dropped)
         self._actions.append(Count("dropped_s", secs))
         self._status("degraded", dropped_s=round(self.fmt.bytes_to_seconds(self.stats.dropped_bytes), 3))

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from streamproxy.engine.supervisor import free_port
+from tests.helpers.engine import wer
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config
 from tests.helpers.sim import build_audio
 
@@ -40,17 +41,6 @@ def speech_wav(tmp: Path, text: str = SENTENCE) -> Path:
     # pad with silence so the last word is endpointed
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav), "pad", "0.3", "0.8"], check=True)
     return wav
-
-
-def wer(ref: str, hyp: str) -> float:
-    r, h = ref.split(), hyp.split()
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(1, len(r))
 
 
 @pytest.fixture

@@ -155,11 +155,6 @@ def client_credential(request: web.Request) -> tuple[str, str] | None:
     return None
 
 
-def authorized(gw: Gateway, request: web.Request) -> bool:
-    """Valid key (``Token``), grant token (``Bearer``) or subprotocol, or anonymous when allowed."""
-    return request_authorized(gw, request)
-
-
 def owner_of(request: web.Request) -> str:
     """Who may resume a session: the client key it was opened with (a grant token counts as its key,
     so a renewed token still resumes); "" for anonymous sessions, whose unguessable id is the secret."""
@@ -174,7 +169,7 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
         params = parse_params(request.query)
     except ParamError as e:
         return deepgram_error(400, str(e), request_id=sid)
-    if not authorized(gw, request):
+    if not request_authorized(gw, request):
         return deepgram_error(401, "Invalid credentials.", request_id=sid)
     if gw.draining:
         return deepgram_error(503, "Server is draining; reconnect to another instance.", request_id=sid)

@@ -246,9 +246,6 @@ class Limiter:
             except Exception as e:
                 self._redis_failed(e)
 
-    def live_sessions(self, principal: str) -> int:
-        return len(self._sessions.get(principal, ()))
-
     async def aclose(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()

@@ -52,8 +52,6 @@ log = logging.getLogger("streamproxy.twilio")
 
 TWILIO_RATE = 8000
 UPSTREAM_RATE = 16000
-#: Options for the stream, from customParameters or the query; the rest of customParameters is the caller's own.
-CONTROL_PARAMS = frozenset({"token", "callback", "proxy_events"})
 #: Fixed by Twilio's format: a client may not set them.
 FIXED_PARAMS = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
 #: Events kept per session for subscribers that connect late (plus the ``start`` event, always kept).
@@ -79,7 +77,6 @@ def _mulaw_table() -> np.ndarray:
 
 #: G.711 μ-law byte -> linear16 sample (0xFF and 0x7F are silence).
 MULAW_DECODE = _mulaw_table()
-MULAW_SILENCE = 0xFF
 
 
 def mulaw_decode(data: bytes) -> np.ndarray:

@@ -103,9 +103,6 @@ class EngineSupervisor:
             with contextlib.suppress(RuntimeError):
                 await self._wait_ready(c, 60.0)
 
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self.children if c.proc is not None]
-
     async def stop(self) -> None:
         self._stopping = True
         for t in self._watch:

@@ -27,7 +27,6 @@ so a re-run job cannot enqueue a second delivery).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -214,13 +213,6 @@ class JobQueue:
                 with contextlib.suppress(Exception):
                     await self.raw.delete(self.keys.audio(job_id))
             raise
-        return job_id
-
-    async def add_inline(self, audio: bytes, params: Mapping[str, str | list[str]], **data: Any) -> str:
-        """Enqueue with the audio inline (``audio_b64``), as a foreign producer would."""
-        job_id = str(uuid.uuid4())
-        body = {"audio_b64": base64.b64encode(audio).decode(), "params": dict(params), **data}
-        await self.transcribe.add(JOB_NAME, body, job_options(self.cfg, job_id))
         return job_id
 
     async def _job(self, job_id: str, owner: str | None) -> Job | None:

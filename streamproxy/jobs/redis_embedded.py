@@ -92,10 +92,6 @@ class EmbeddedRedis:
         self.url = f"unix://{self.sock}"
         self.proc: asyncio.subprocess.Process | None = None  # None: not ours (reused) or not started
 
-    @property
-    def owned(self) -> bool:
-        return self.proc is not None
-
     async def start(self, timeout: float = 15.0) -> str:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if await ping(self.url):

@@ -29,8 +29,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import MultiMapping
 
-from ..edge.app import GATEWAY, Gateway, authorized, deepgram_error
-from ..edge.auth import REQUEST_ID, principal_of
+from ..edge.app import GATEWAY, Gateway, deepgram_error
+from ..edge.auth import REQUEST_ID, principal_of, request_authorized
 from ..engine.protocol import PRERECORDED_PARAMS
 from .audio import BadAudio, probe
 from .fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
@@ -233,7 +233,7 @@ async def _submit(request: web.Request, *, route: str) -> web.Response:
     q = svc.q
     rid = request.get(REQUEST_ID) or str(uuid.uuid4())
     owner = _owner(request)
-    if not authorized(gw, request):
+    if not request_authorized(gw, request):
         return deepgram_error(401, "Invalid credentials.", request_id=rid)
     if gw.draining:
         return deepgram_error(503, "Server is draining; send the request to another instance.", request_id=rid)
@@ -366,7 +366,7 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
     gw = request.app[GATEWAY]
     svc = request.app[JOBS]
     job_id = request.match_info["id"]
-    if not authorized(gw, request):
+    if not request_authorized(gw, request):
         return deepgram_error(401, "Invalid credentials.", request_id=job_id)
     if not job_id or len(job_id) > 200 or ":" in job_id:
         return deepgram_error(404, f"unknown job id {job_id[:64]!r}", request_id="")

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Config
+from ..engine.protocol import credentials
 from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
 from ..session.runner import ClientSocket, SessionRunner, clock
@@ -145,14 +146,8 @@ def is_loopback(host: str) -> bool:
 
 def client_credential(request: web.Request) -> tuple[str, str] | None:
     """(scheme, secret) from ``Authorization`` or the browser subprotocols ``token, <key>``."""
-    auth = request.headers.get("Authorization", "")
-    if " " in auth:
-        scheme, _, secret = auth.partition(" ")
-        return scheme.lower(), secret.strip()
-    protos = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    if len(protos) >= 2 and protos[0].lower() in ("token", "bearer"):
-        return protos[0].lower(), protos[1]
-    return None
+    found = credentials(request.headers)
+    return found[0] if found else None
 
 
 def owner_of(request: web.Request) -> str:

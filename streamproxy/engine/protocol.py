@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -396,3 +396,17 @@ def span_result(
         from_finalize=from_finalize,
         duration=(c - lo) / sr,
     )
+
+
+def credentials(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(scheme, secret) pairs a Deepgram client presented: ``Authorization: <scheme> <secret>``
+    first, then the browser subprotocols ``token, <key>`` / ``bearer, <jwt>``."""
+    found: list[tuple[str, str]] = []
+    auth = headers.get("Authorization", "").strip()
+    if " " in auth:
+        scheme, _, secret = auth.partition(" ")
+        found.append((scheme.lower(), secret.strip()))
+    protos = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    if len(protos) >= 2 and protos[0].lower() in ("token", "bearer"):
+        found.append((protos[0].lower(), protos[1]))
+    return found

@@ -46,6 +46,7 @@ from streamproxy.engine.protocol import (
     bounded_int,
     configure_failure_message,
     configure_success_message,
+    credentials,
     error_message,
     event_message,
     metadata_message,
@@ -202,17 +203,10 @@ def _authorized(request: web.Request, api_key: str | None) -> bool:
     if api_key is None:
         return True
     expected = api_key.encode()
-    candidates: list[str] = []
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.strip().partition(" ")
-    if scheme.lower() in ("token", "bearer"):
-        candidates.append(value.strip())
-    protos = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    if len(protos) >= 2 and protos[0].lower() in ("token", "bearer"):
-        candidates.append(protos[1])
     ok = False
-    for c in candidates:
-        ok |= hmac.compare_digest(c.encode(), expected)
+    for scheme, secret in credentials(request.headers):
+        if scheme in ("token", "bearer"):
+            ok |= hmac.compare_digest(secret.encode(), expected)
     return ok
 
 

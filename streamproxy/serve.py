@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -20,7 +19,8 @@ from .edge.app import Gateway, build_app, is_loopback
 from .edge.auth import Authenticator, get_auth
 from .edge.limits import Limiter, get_limiter
 from .engine.supervisor import EngineSupervisor
-from .upstream.pool import Upstream, UpstreamPool
+from .loop import run as run_loop
+from .upstream.setup import upstreams_from_config
 
 log = logging.getLogger("streamproxy.serve")
 
@@ -39,30 +39,6 @@ def sd_notify(message: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def engine_kind(cfg: Config) -> str:
-    """Resolve ``auto`` to the best installed recogniser, saying which and why."""
-    kind = cfg.engine.kind
-    if kind != "auto":
-        return kind
-    from .engine.whisper import auto_kind
-
-    kind, why = auto_kind(cfg.engine.model_dir, cfg.engine.model_package)
-    log.info(f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why})
-    return kind
-
-
-def engine_args(cfg: Config) -> list[str]:
-    """``streamproxy engine`` flags for the ``[engine]`` keys the children need besides kind and port."""
-    e = cfg.engine
-    return [
-        f"--model-package={e.model_package}",
-        f"--max-streams={e.max_streams}",
-        f"--max-concurrent-decodes={e.max_concurrent_decodes}",
-        f"--max-decode-wait={e.max_decode_wait_s}",
-        f"--interim-every={e.interim_every_s}",
-    ]
 
 
 def check_exposure(cfg: Config, has_keys: bool) -> None:
@@ -96,22 +72,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
     """Start everything; returns once the port accepts connections."""
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
-    supervisor: EngineSupervisor | None = None
-    if cfg.upstreams:
-        upstreams = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
-    else:
-        e = cfg.engine
-        supervisor = EngineSupervisor(
-            engine_kind(cfg), e.processes, e.host, e.base_port, e.idle_timeout_s, e.model_dir,
-            extra_args=engine_args(cfg),
-        )  # fmt: skip
-        await supervisor.start()
-        upstreams = supervisor.upstreams()
-    pool = UpstreamPool(
-        upstreams,
-        breaker_failures=cfg.reconnect.breaker_failures,
-        breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s,
-    )
+    pool, supervisor = await upstreams_from_config(cfg)
     gw = Gateway(cfg, pool, client_keys=client_keys, auth=auth, limiter=Limiter(cfg))
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
@@ -128,7 +89,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
             "event": "listening",
             "host": cfg.server.host,
             "port": port,
-            "upstreams": [u.name for u in upstreams],
+            "upstreams": [u.name for u in pool.upstreams],
             "client_keys": auth.active_keys,
             "anonymous": auth.anonymous_allowed(),
         },
@@ -230,8 +191,4 @@ async def _watchdog(gw: Gateway) -> None:
 
 
 def run(cfg: Config, load: Callable[[], Config] | None = None) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(serve_forever(cfg, load))
+    run_loop(serve_forever(cfg, load))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamproxy.session.audio import AudioFormat
+from streamproxy.deepgram.encodings import AudioFormat
 from streamproxy.session.core import Connect, DropUpstream, Session, SessionSettings
 
 

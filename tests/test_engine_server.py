@@ -35,11 +35,7 @@ from deepgram.listen.v1.types import (
 )
 from deepgram.types.listen_v1response import ListenV1Response
 
-from streamproxy.engine.protocol import (
-    Result,
-    SpeechStarted,
-    UtteranceEnd,
-    Word,
+from streamproxy.deepgram.messages import (
     error_message,
     metadata_message,
     prerecorded_response,
@@ -47,6 +43,7 @@ from streamproxy.engine.protocol import (
     speech_started_message,
     utterance_end_message,
 )
+from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd, Word
 from streamproxy.engine.server import start_engine
 from tests.helpers.engine import espeak_wav16, marker_audio_ms, recall, require_espeak, wer
 

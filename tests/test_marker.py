@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd, Word
 from streamproxy.engine.marker import MarkerRecognizer, ms_to_samples
-from streamproxy.engine.protocol import Result, SpeechStarted, UtteranceEnd, Word
 from tests.helpers.engine import feed_chunked, finals, marker_audio_ms, marker_samples
 
 SR = 16000

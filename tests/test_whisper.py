@@ -36,12 +36,12 @@ from deepgram.types.listen_v1response import ListenV1Response
 
 from benchmarks.asr import normalise, synthesize, word_errors
 from streamproxy.config import load_config
+from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd
 from streamproxy.engine import whisper as wmod
-from streamproxy.engine.protocol import Result, SpeechStarted, UtteranceEnd
+from streamproxy.engine.launch import engine_kind
 from streamproxy.engine.server import LiveOptions, _transcribe
 from streamproxy.engine.supervisor import free_port
 from streamproxy.engine.whisper import WhisperOptions, WhisperRecognizer, auto_kind, load_pool, resolve_model
-from streamproxy.serve import engine_kind
 from tests.helpers.engine import require_espeak
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
 from tests.helpers.jobs import queue_sections, redis_server, start_worker, unique_prefix, wait_for, wav, write_config

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..config import Config
-from ..engine.protocol import credentials
+from ..deepgram.credentials import credentials
 from ..metrics import Metrics
 from ..session.core import ResumeError, Session, SessionSettings
 from ..session.runner import ClientSocket, SessionRunner, clock
@@ -251,8 +251,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    now = clock()
-    checks = {"draining": gw.draining, "upstream_healthy": gw.pool.any_healthy(now)}
+    checks = {"draining": gw.draining, "upstream_healthy": gw.pool.any_healthy()}
     from ..jobs.routes import redis_ready  # None until the job queue is in use
 
     redis_ok = await redis_ready(request.app)

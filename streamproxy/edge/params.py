@@ -12,14 +12,13 @@ from urllib.parse import urlencode
 
 from multidict import MultiMapping
 
-from ..engine.protocol import BOOL_PARAMS as DEEPGRAM_BOOL_PARAMS
-from ..engine.protocol import LIVE_PARAMS, bounded_int
-from ..session.audio import CONTAINER_ENCODINGS, RAW_BYTES_PER_SAMPLE, AudioFormat
+from ..deepgram.encodings import CONTAINER_ENCODINGS, RAW_BYTES_PER_SAMPLE, AudioFormat
+from ..deepgram.params import BOOL_PARAMS as DEEPGRAM_BOOL_PARAMS
+from ..deepgram.params import LIVE_PARAMS, bounded_int, check_query
 
-DEEPGRAM_LIVE_PARAMS = LIVE_PARAMS
+#: streamproxy's own extensions, consumed here and never forwarded.
 PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq", "audio_offset"})
 BOOL_PARAMS = DEEPGRAM_BOOL_PARAMS | {"proxy_events"}
-BOOL_VALUES = {"true": True, "false": False}
 
 
 class ParamError(ValueError):
@@ -43,14 +42,7 @@ def _int(name: str, value: str, lo: int, hi: int) -> int:
 
 def parse_params(query: MultiMapping[str]) -> StreamParams:
     """Validate a Deepgram Live query; raises ParamError with a message for the client."""
-    unknown = sorted({k for k in query if k not in DEEPGRAM_LIVE_PARAMS and k not in PROXY_PARAMS})
-    if unknown:
-        raise ParamError(f"unknown query parameter(s): {', '.join(unknown)}")
-    for key in query:
-        if key in BOOL_PARAMS:
-            for v in query.getall(key):
-                if v.lower() not in BOOL_VALUES:
-                    raise ParamError(f"{key} must be true or false, got {v!r}")
+    check_query(query, LIVE_PARAMS | PROXY_PARAMS, bools=BOOL_PARAMS, error=ParamError)
     encoding = query.get("encoding")
     if encoding is not None:
         encoding = encoding.lower()

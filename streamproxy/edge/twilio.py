@@ -41,12 +41,13 @@ import orjson
 from aiohttp import WSMsgType, web
 from multidict import MultiDict
 
+from ..deepgram.params import LIVE_PARAMS
 from ..jobs.fetch import FetchError, UrlPolicy, check_peer, check_url, safe_session
 from ..jobs.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from .app import GATEWAY, Gateway, client_credential, deepgram_error
 from .auth import PUBLIC_PATHS, Principal, get_auth, principal_of, request_authorized
 from .limits import get_limiter
-from .params import DEEPGRAM_LIVE_PARAMS, ParamError, parse_params
+from .params import ParamError, parse_params
 
 log = logging.getLogger("streamproxy.twilio")
 
@@ -365,7 +366,7 @@ def stream_options(query: Mapping[str, str], custom: Mapping[str, Any]) -> Strea
     fixed = sorted(FIXED_PARAMS & merged.keys())
     if fixed:
         raise ParamError(f"{', '.join(fixed)} cannot be set: Twilio audio is μ-law 8 kHz mono")
-    dg = MultiDict((k, v) for k, v in merged.items() if k in DEEPGRAM_LIVE_PARAMS and k != "callback")
+    dg = MultiDict((k, v) for k, v in merged.items() if k in LIVE_PARAMS and k != "callback")
     callback = merged.get("callback") or None
     pe = merged.get("proxy_events", "false").lower()
     if pe not in ("true", "false"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
+from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = ["MarkerRecognizer", "ms_to_samples"]
 

@@ -35,24 +35,21 @@ import orjson
 from aiohttp import WSMsgType, web
 from multidict import MultiMapping
 
-from streamproxy.engine.marker import MarkerRecognizer
-from streamproxy.engine.protocol import (
-    BOOL_PARAMS,
-    LIVE_PARAMS,
-    PRERECORDED_PARAMS,
-    Event,
-    Recognizer,
-    Result,
-    bounded_int,
+from streamproxy.deepgram.credentials import credentials
+from streamproxy.deepgram.messages import (
     configure_failure_message,
     configure_success_message,
-    credentials,
     error_message,
     event_message,
     metadata_message,
     prerecorded_response,
 )
+from streamproxy.deepgram.params import LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
+from streamproxy.deepgram.types import Event, Result
+from streamproxy.engine.marker import MarkerRecognizer
+from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.whisper import EngineOverloaded, WhisperOptions
+from streamproxy.loop import run
 
 __all__ = [
     "KINDS",
@@ -117,14 +114,7 @@ def _bool(query: MultiMapping[str], name: str) -> bool:
 
 
 def _check_names(query: MultiMapping[str], allowed: frozenset[str]) -> None:
-    unknown = sorted({k for k in query if k not in allowed})
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}")
-    for key in query:
-        if key in BOOL_PARAMS:
-            for v in query.getall(key):
-                if v.lower() not in ("true", "false"):
-                    raise BadRequest(f"{key} must be true or false, got {v!r}")
+    check_query(query, allowed, error=BadRequest)
 
 
 def _endpointing(query: MultiMapping[str]) -> int | None:
@@ -693,12 +683,4 @@ def run_engine(host: str, port: int, kind: str, **kw: Any) -> None:
         finally:
             await runner.cleanup()
 
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as r:
-        r.run(main())
+    run(main())

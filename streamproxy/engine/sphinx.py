@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
+from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "default_pool"]
 

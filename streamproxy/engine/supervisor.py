@@ -42,7 +42,7 @@ class EngineSupervisor:
     base_port: int = 0
     idle_timeout_s: float = 10.0
     model_dir: str = ""
-    extra_args: list[str] = field(default_factory=list)  # more `streamproxy engine` flags (serve.engine_args)
+    extra_args: list[str] = field(default_factory=list)  # more `streamproxy engine` flags (engine.launch.engine_args)
     children: list[EngineProcess] = field(default_factory=list)
     _watch: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from streamproxy.engine.protocol import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
+from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 
 __all__ = [
     "DEFAULT_PACKAGE",

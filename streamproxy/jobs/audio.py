@@ -13,15 +13,13 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..engine.protocol import bounded_int
+from ..deepgram.encodings import CONTAINER_BYTES_PER_SECOND as _ESTIMATE_BYTES_PER_S
+from ..deepgram.encodings import CONTAINER_ENCODINGS as _CODED_ENCODINGS
+from ..deepgram.encodings import RAW_BYTES_PER_SAMPLE as RAW_ENCODINGS
+from ..deepgram.params import bounded_int
 
-__all__ = ["RAW_ENCODINGS", "AudioInfo", "BadAudio", "probe"]
+__all__ = ["AudioInfo", "BadAudio", "probe"]
 
-#: Raw (headerless) encodings and their bytes per sample: exact duration from the size.
-RAW_ENCODINGS = {"linear16": 2, "linear32": 4, "mulaw": 1, "alaw": 1}
-#: Encodings Deepgram accepts whose duration cannot be read from the size.
-_CODED_ENCODINGS = frozenset({"flac", "opus", "ogg-opus", "speex", "amr-nb", "amr-wb", "g729"})
-_ESTIMATE_BYTES_PER_S = 16_000  # 128 kbit/s
 _WAV_FORMATS = {1: "pcm", 3: "float", 6: "alaw", 7: "mulaw", 0xFFFE: "extensible"}
 
 

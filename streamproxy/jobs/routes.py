@@ -29,13 +29,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import MultiMapping
 
+from ..deepgram.params import PRERECORDED_PARAMS, check_query
 from ..edge.app import GATEWAY, Gateway, deepgram_error
 from ..edge.auth import REQUEST_ID, principal_of, request_authorized
-from ..engine.protocol import PRERECORDED_PARAMS
+from ..upstream.prerecorded import UpstreamRejected, UpstreamUnavailable, recognize
 from .audio import BadAudio, probe
 from .fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from .queue import JobQueue, connect_redis
-from .recognize import UpstreamRejected, UpstreamUnavailable, recognize
 from .redis_embedded import EmbeddedRedis
 from .worker import JobWorker
 
@@ -145,9 +145,10 @@ class _Refused(Exception):
 
 
 def _params(query: MultiMapping[str], allowed: frozenset[str]) -> Params:
-    unknown = sorted({k for k in query if k not in allowed})
-    if unknown:
-        raise _Refused(400, f"unknown query parameter(s): {', '.join(unknown)}")
+    try:
+        check_query(query, allowed, bools=())
+    except ValueError as e:
+        raise _Refused(400, str(e)) from None
     out: Params = {}
     for k in query:
         if k in _LOCAL or k in out:

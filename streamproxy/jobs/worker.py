@@ -27,7 +27,10 @@ import orjson
 from bullmq import Job, UnrecoverableError, Worker
 
 from ..config import Config
-from ..upstream.pool import Upstream, UpstreamPool
+from ..loop import run
+from ..upstream.pool import UpstreamPool
+from ..upstream.prerecorded import UpstreamRejected, recognize
+from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
 from .fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from .queue import (
@@ -39,7 +42,6 @@ from .queue import (
     bullmq_connection,
     connect_redis,
 )
-from .recognize import UpstreamRejected, recognize
 from .webhooks import deliver, new_secret
 
 log = logging.getLogger("streamproxy.jobs")
@@ -295,28 +297,9 @@ class JobWorker:
 # ---------------------------------------------------------------------- `streamproxy worker`
 
 
-async def _upstreams(cfg: Config) -> tuple[UpstreamPool, Any]:
-    """The configured upstreams, else an embedded engine of our own (a worker on a fresh machine)."""
-    supervisor = None
-    if cfg.upstreams:
-        ups = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
-    else:
-        from ..engine.supervisor import EngineSupervisor
-        from ..serve import engine_kind
-
-        e = cfg.engine
-        supervisor = EngineSupervisor(engine_kind(cfg), e.processes, e.host, 0, e.idle_timeout_s, e.model_dir)
-        await supervisor.start()
-        ups = supervisor.upstreams()
-    pool = UpstreamPool(
-        ups, breaker_failures=cfg.reconnect.breaker_failures, breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s
-    )
-    return pool, supervisor
-
-
 async def worker_main(cfg: Config, concurrency: int | None = None) -> None:
     url, embedded = await connect_redis(cfg, embedded_fallback=False)
-    pool, supervisor = await _upstreams(cfg)
+    pool, supervisor = await upstreams_from_config(cfg, base_port=0)  # beside a serve on one host
     jw = JobWorker(cfg, url, pool, concurrency=concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -336,8 +319,4 @@ async def worker_main(cfg: Config, concurrency: int | None = None) -> None:
 
 
 def run_worker(cfg: Config, concurrency: int | None = None) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(worker_main(cfg, concurrency))
+    run(worker_main(cfg, concurrency))

@@ -20,12 +20,9 @@ from typing import Any
 
 import orjson
 
-from .audio import AudioFormat
+from ..deepgram.encodings import AudioFormat
+from ..deepgram.messages import CLOSE_STREAM, FINALIZE, KEEPALIVE, error_message, metadata_message
 from .ring import RingBuffer
-
-KEEPALIVE = '{"type":"KeepAlive"}'
-FINALIZE = '{"type":"Finalize"}'
-CLOSE_STREAM = '{"type":"CloseStream"}'
 
 #: Upstream close codes that mean "do not retry": the request itself is wrong.
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 4001, 4003, 4008})
@@ -324,13 +321,12 @@ class Session:
         else:
             what = "not valid JSON" if msg is None else f"unsupported message type {kind!r}"
             self._emit_client(
-                {
-                    "type": "Error",
-                    "variant": "SchemaError",
-                    "description": f"Text frame {what}; expected KeepAlive, Finalize or CloseStream.",
-                    "err_code": "INVALID_MESSAGE",
-                    "err_msg": f"Text frame {what}.",
-                }
+                error_message(
+                    "INVALID_MESSAGE",
+                    f"Text frame {what}; expected KeepAlive, Finalize or CloseStream.",
+                    "SchemaError",
+                    message=f"Text frame {what}.",
+                )
             )
         return self._take()
 
@@ -371,17 +367,14 @@ class Session:
             return
         self.done = True
         if code in (1000, 1012) and not self.stats.fatal:
-            meta = self._metadata or {
-                "type": "Metadata",
-                "transaction_key": "deprecated",
-                "request_id": self.session_id,
-                "sha256": "",
-                "created": "",
-                "duration": 0.0,
-                "channels": self.fmt.channels,
-                "models": [],
-                "model_info": {},
-            }
+            meta = self._metadata or metadata_message(
+                request_id=self.session_id,
+                duration=0.0,
+                channels=self.fmt.channels,
+                model_name=None,
+                sha256="",
+                created="",
+            )
             meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
             self._deliver(meta)
         if self.connected:
@@ -468,15 +461,7 @@ class Session:
     def _fatal(self, description: str, *, code: int) -> None:
         self.stats.fatal = description
         self._actions.append(Count("fatal", 1))
-        self._emit_client(
-            {
-                "type": "Error",
-                "variant": "UpstreamError",
-                "description": description,
-                "err_code": "UPSTREAM_ERROR",
-                "err_msg": description,
-            }
-        )
+        self._emit_client(error_message("UPSTREAM_ERROR", description, "UpstreamError"))
         self._finish(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1011, "upstream error")
 
     def upstream_message(self, gen: int, text: str | bytes, now: float) -> list[Action]:

@@ -227,14 +227,14 @@ class SessionRunner:
         core = self.core
         if a.delay > 0:
             await asyncio.sleep(a.delay)
-        upstream = self.pool.choose(clock(), avoid=self._last_upstream if a.reason != "initial" else None)
+        upstream = self.pool.choose(avoid=self._last_upstream if a.reason != "initial" else None)
         if self._last_upstream and upstream.name != self._last_upstream:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
         try:
             ws = await open_upstream(self.http, upstream, self.query, max_size=self.max_message_bytes)
         except HandshakeError as e:
-            self.pool.failure(upstream.name, clock())
+            self.pool.failure(upstream.name)
             log.info(
                 "upstream connect failed",
                 extra={"event": "upstream_connect_failed", "upstream": upstream.name, "status": e.status},
@@ -266,7 +266,7 @@ class SessionRunner:
             upstream.active -= 1
             self.upstream = None
         if code != 1000:
-            self.pool.failure(upstream.name, clock())
+            self.pool.failure(upstream.name)
         self.apply(core.upstream_closed(a.gen, code, reason, clock()))
 
     # ------------------------------------------------------------------ client

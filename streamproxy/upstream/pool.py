@@ -1,12 +1,15 @@
-"""Upstream selection: priority first, then health (a circuit breaker per upstream), then load.
+"""Upstream selection: health first (a circuit breaker per upstream), then priority, then load.
 
-Plain state, no I/O: the session runner reports each connection outcome and asks where the next
-connection should go. The embedded engine's processes are upstreams like any other, so killing
-one fails its sessions over to the next.
+Plain state, no I/O: live sessions and prerecorded requests report each outcome and ask where the
+next attempt should go, on one ranking and one clock (injected, ``time.monotonic`` by default).
+The embedded engine's processes are upstreams like any other, so killing one fails its sessions
+over to the next.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,21 +29,31 @@ class Upstream:
 
 class UpstreamPool:
     def __init__(
-        self, upstreams: list[Upstream], *, breaker_failures: int = 3, breaker_cooldown_s: float = 30.0
+        self,
+        upstreams: list[Upstream],
+        *,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is required")
         self.upstreams = sorted(upstreams, key=lambda u: (u.priority, u.name))
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
+        self.clock = clock
 
-    def choose(self, now: float, avoid: str | None = None) -> Upstream:
-        """Healthiest by priority; ``avoid`` (the upstream that just failed us) only as last resort."""
+    def ranked(self, avoid: str | None = None) -> list[Upstream]:
+        """Every upstream, best first; ``avoid`` (the one that just failed us) only as last resort."""
+        now = self.clock()
 
         def rank(u: Upstream) -> tuple[int, int, int, int, int]:
             return (not u.healthy(now), u.name == avoid, u.priority, u.failures, u.active)
 
-        return min(self.upstreams, key=rank)
+        return sorted(self.upstreams, key=rank)
+
+    def choose(self, avoid: str | None = None) -> Upstream:
+        return self.ranked(avoid)[0]
 
     def success(self, name: str) -> None:
         u = self._get(name)
@@ -48,15 +61,16 @@ class UpstreamPool:
             u.failures = 0
             u.open_until = 0.0
 
-    def failure(self, name: str, now: float) -> None:
+    def failure(self, name: str) -> None:
         u = self._get(name)
         if u is None:
             return
         u.failures += 1
         if u.failures >= self.breaker_failures:
-            u.open_until = now + self.breaker_cooldown_s
+            u.open_until = self.clock() + self.breaker_cooldown_s
 
-    def any_healthy(self, now: float) -> bool:
+    def any_healthy(self) -> bool:
+        now = self.clock()
         return any(u.healthy(now) for u in self.upstreams)
 
     def _get(self, name: str) -> Upstream | None:

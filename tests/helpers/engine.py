@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamproxy.engine.protocol import Event, Result
+from streamproxy.deepgram.types import Event, Result
 
 Segment = tuple[int, int]  # (sample value, number of samples)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from streamproxy.deepgram.encodings import AudioFormat
+from streamproxy.deepgram.messages import metadata_message, results_message
+from streamproxy.deepgram.types import Result
 from streamproxy.engine.marker import MarkerRecognizer
-from streamproxy.engine.protocol import Result, metadata_message, results_message
-from streamproxy.session.audio import AudioFormat
 from streamproxy.session.core import (
     CloseClient,
     Connect,

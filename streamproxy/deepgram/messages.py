@@ -1,9 +1,7 @@
-"""Recognizer events and Deepgram-shaped message builders.
+"""Deepgram message builders (Live, prerecorded) and the control messages clients send.
 
-Shared by the embedded engine (which produces these messages) and the proxy (which rebuilds
-them after rebasing timestamps), so both sides emit byte-compatible Deepgram JSON. Every builder
-returns a plain ``dict`` meant for ``orjson.dumps``; the shapes validate against the official
-SDK's pydantic models (``ListenV1Results``, ``ListenV1Metadata``, ``ListenV1Error``, ...).
+Every builder returns a plain ``dict`` for ``orjson.dumps``; the shapes validate against the
+official SDK's pydantic models (``ListenV1Results``, ``ListenV1Metadata``, ``ListenV1Error`` ...).
 """
 
 from __future__ import annotations
@@ -11,103 +9,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = [
-    "Event",
-    "Recognizer",
-    "Result",
-    "SpeechStarted",
-    "UtteranceEnd",
-    "Word",
-    "configure_failure_message",
-    "configure_success_message",
-    "error_message",
-    "event_message",
-    "metadata_message",
-    "model_uuid",
-    "prerecorded_response",
-    "results_message",
-    "speech_started_message",
-    "utterance_end_message",
-]
+from .types import Event, Result, SpeechStarted, UtteranceEnd, Word
 
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    """One recognised word; times in seconds of audio from stream start."""
-
-    word: str
-    start: float
-    end: float
-    confidence: float
-    punctuated_word: str | None = None  # cased and punctuated form ("Hello,"), when the engine has one
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """A transcript span ``[start, end)``.
-
-    ``duration`` is set by recognizers that know the span in integer samples, so that
-    ``duration == (c - L) / sr`` exactly rather than ``end - start`` with float rounding.
-    """
-
-    start: float
-    end: float
-    words: list[Word]
-    is_final: bool
-    speech_final: bool
-    from_finalize: bool
-    duration: float | None = None
-
-    @property
-    def span(self) -> float:
-        """Duration to report: the exact one when known."""
-        return self.duration if self.duration is not None else self.end - self.start
-
-    @property
-    def transcript(self) -> str:
-        return " ".join(w.punctuated_word or w.word for w in self.words)
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    """VAD onset (``vad_events=true``)."""
-
-    timestamp: float
-
-
-@dataclass(frozen=True, slots=True)
-class UtteranceEnd:
-    """Gap after the last word reached ``utterance_end_ms``."""
-
-    last_word_end: float
-
-
-Event = Result | SpeechStarted | UtteranceEnd
-
-
-class Recognizer(Protocol):
-    """Sans-I/O streaming recognizer: bytes in, events out."""
-
-    @property
-    def position_s(self) -> float:
-        """Audio received so far, in seconds."""
-        ...
-
-    def feed(self, pcm: bytes) -> list[Event]: ...
-
-    def finalize(self) -> list[Event]: ...
-
-    def close(self) -> list[Event]: ...
-
-
-# --------------------------------------------------------------------------- helpers
+KEEPALIVE = '{"type":"KeepAlive"}'
+FINALIZE = '{"type":"Finalize"}'
+CLOSE_STREAM = '{"type":"CloseStream"}'
 
 
 def model_uuid(model_name: str) -> str:
@@ -188,14 +97,21 @@ def metadata_message(
     request_id: str,
     duration: float,
     channels: int,
-    model_name: str,
+    model_name: str | None,
     model_version: str = "1.0",
     model_arch: str = "streamproxy",
     sha256: str | None = None,
     created: str | None = None,
 ) -> dict[str, Any]:
-    """Deepgram Live ``Metadata`` message, sent after the trailing results of a closed stream."""
-    uid = model_uuid(model_name)
+    """Deepgram Live ``Metadata``, sent after the trailing results of a closed stream.
+
+    ``model_name=None`` (a proxy that never heard the upstream's) lists no model.
+    """
+    models: list[str] = []
+    info: dict[str, Any] = {}
+    if model_name is not None:
+        uid = model_uuid(model_name)
+        models, info = [uid], {uid: _model_info(model_name, model_version, model_arch)}
     return {
         "type": "Metadata",
         "transaction_key": "deprecated",
@@ -204,8 +120,8 @@ def metadata_message(
         "created": created if created is not None else _now_iso(),
         "duration": duration,
         "channels": channels,
-        "models": [uid],
-        "model_info": {uid: _model_info(model_name, model_version, model_arch)},
+        "models": models,
+        "model_info": info,
     }
 
 
@@ -338,75 +254,16 @@ def prerecorded_response(
     }
 
 
-# --------------------------------------------------------------------------- query parameters
-# The Deepgram query vocabulary, one home for the engine's and the gateway's allow-lists.
-
-LIVE_PARAMS = frozenset(
-    {
-        "alternatives", "callback", "callback_method", "channels", "detect_entities", "diarize",
-        "diarize_model", "diarize_version", "dictation", "encoding", "endpointing", "extra",
-        "filler_words", "interim_results", "keyterm", "keywords", "language", "language_hint",
-        "mip_opt_out", "model", "multichannel", "ner", "no_delay", "numerals", "profanity_filter",
-        "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "tier",
-        "utterance_end_ms", "vad_events", "version",
-    }
-)  # fmt: skip
-PRERECORDED_PARAMS = frozenset(
-    {
-        "alternatives", "callback", "callback_method", "channels", "custom_intent", "custom_intent_mode",
-        "custom_topic", "custom_topic_mode", "detect_entities", "detect_language", "detect_topics",
-        "diarize", "diarize_model", "diarize_version", "dictation", "encoding", "extra", "filler_words",
-        "intents", "keyterm", "keywords", "language", "language_hint", "measurements", "mip_opt_out",
-        "model", "multichannel", "ner", "numerals", "paragraphs", "profanity_filter", "punctuate",
-        "redact", "replace", "sample_rate", "search", "sentiment", "smart_format", "summarize", "tag",
-        "tier", "topics", "utt_split", "utterances", "version", "endpointing",
-    }
-)  # fmt: skip
-BOOL_PARAMS = frozenset(
-    {
-        "detect_entities", "detect_language", "diarize", "dictation", "filler_words", "interim_results",
-        "intents", "measurements", "mip_opt_out", "multichannel", "no_delay", "numerals", "paragraphs",
-        "profanity_filter", "punctuate", "sentiment", "smart_format", "topics", "utterances", "vad_events",
-    }
-)  # fmt: skip
+#: ``err_code`` of Deepgram's HTTP error bodies by status.
+HTTP_ERR_CODES = {
+    400: "Bad Request",
+    401: "INVALID_AUTH",
+    403: "INSUFFICIENT_PERMISSIONS",
+    429: "TOO_MANY_REQUESTS",
+    503: "SERVICE_UNAVAILABLE",
+}
 
 
-def bounded_int(name: str, value: str, lo: int, hi: int, *, error: type[Exception] = ValueError) -> int:
-    """A query parameter as an integer in [lo, hi], or ``error`` with a message naming it."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise error(f"{name} must be an integer, got {value!r}") from None
-    if not lo <= n <= hi:
-        raise error(f"{name} must be between {lo} and {hi}, got {n}")
-    return n
-
-
-def span_result(
-    lo: int, c: int, sr: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool
-) -> Result:
-    """A result covering samples [lo, c): times from integer sample indices, so they are exact."""
-    c = max(c, lo)
-    return Result(
-        start=lo / sr,
-        end=c / sr,
-        words=words,
-        is_final=is_final,
-        speech_final=speech_final,
-        from_finalize=from_finalize,
-        duration=(c - lo) / sr,
-    )
-
-
-def credentials(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """(scheme, secret) pairs a Deepgram client presented: ``Authorization: <scheme> <secret>``
-    first, then the browser subprotocols ``token, <key>`` / ``bearer, <jwt>``."""
-    found: list[tuple[str, str]] = []
-    auth = headers.get("Authorization", "").strip()
-    if " " in auth:
-        scheme, _, secret = auth.partition(" ")
-        found.append((scheme.lower(), secret.strip()))
-    protos = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    if len(protos) >= 2 and protos[0].lower() in ("token", "bearer"):
-        found.append((protos[0].lower(), protos[1]))
-    return found
+def http_error_body(status: int, message: str, *, request_id: str = "") -> dict[str, Any]:
+    """The JSON body of a Deepgram HTTP error (handshake refusals, prerecorded errors)."""
+    return {"err_code": HTTP_ERR_CODES.get(status, "ERROR"), "err_msg": message, "request_id": request_id}

@@ -1,14 +1,13 @@
 """One prerecorded transcription on an upstream: ``POST {upstream}/v1/listen`` with the audio.
 
 The recognition itself runs in the upstream (Deepgram, or the embedded engine's process), so the
-gateway's and the worker's event loops only move bytes. Upstreams are tried in the pool's order
-(health, priority, failures); a transport error or 5xx/429 moves on to the next one, a 4xx is the
+gateway's and the worker's event loops only move bytes. Upstreams are tried in the pool's ranking
+(the one live sessions use); a transport error or 5xx/429 moves on to the next one, a 4xx is the
 caller's fault and is returned as such (not retried).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from ..upstream.pool import Upstream, UpstreamPool
+from .pool import UpstreamPool
 
 __all__ = ["UpstreamRejected", "UpstreamUnavailable", "http_base", "recognize"]
 
@@ -58,10 +57,6 @@ def http_base(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def _order(pool: UpstreamPool, now: float) -> list[Upstream]:
-    return sorted(pool.upstreams, key=lambda u: (not u.healthy(now), u.priority, u.failures, u.active))
-
-
 async def recognize(
     session: aiohttp.ClientSession,
     pool: UpstreamPool,
@@ -73,11 +68,10 @@ async def recognize(
     user_agent: str = _USER_AGENT,
 ) -> dict[str, Any]:
     """The upstream's Deepgram prerecorded response for ``audio``; raises UpstreamRejected/Unavailable."""
-    loop = asyncio.get_running_loop()
     query = urlencode(params, doseq=True)
     errors: list[str] = []
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
-    for u in _order(pool, loop.time()):
+    for u in pool.ranked():
         url = f"{http_base(u.url)}/v1/listen" + (f"?{query}" if query else "")
         headers = {"Content-Type": content_type, "User-Agent": user_agent}
         if u.api_key:
@@ -98,5 +92,5 @@ async def recognize(
             errors.append(f"{u.name}: {type(exc).__name__}: {exc}".rstrip(": "))
         finally:
             u.active -= 1
-        pool.failure(u.name, loop.time())
+        pool.failure(u.name)
     raise UpstreamUnavailable("no upstream could transcribe the audio (" + "; ".join(errors) + ")")

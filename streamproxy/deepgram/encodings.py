@@ -1,4 +1,4 @@
-"""Audio formats: how many bytes a second of client audio takes, and what a sample frame is.
+"""Deepgram's encodings, and how many bytes a second of a client's audio takes.
 
 Positions in the session core are byte offsets into the client's audio stream; they are
 turned into seconds only at the edges, by integer sample counts, so rebased timestamps are
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 RAW_BYTES_PER_SAMPLE = {"linear16": 2, "linear32": 4, "mulaw": 1, "alaw": 1}
 #: Containerised / compressed encodings: replay only from the start of the stream.
 CONTAINER_ENCODINGS = frozenset({"opus", "ogg-opus", "flac", "amr-nb", "amr-wb", "g729", "speex", "webm", "mp3"})
-#: Assumed byte rate bounding the buffer for container audio (256 kbit/s).
-CONTAINER_BYTES_PER_SECOND = 32_000
+#: Assumed byte rate of container audio (128 kbit/s, above typical speech codecs): it bounds the
+#: ring for streams and estimates a file's duration, so both err long (more kept, sooner queued).
+CONTAINER_BYTES_PER_SECOND = 16_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """Client keys: stored as salted scrypt hashes; the secret is printed once, on create."""
     import json
 
-    from .edge.auth import KeyStore, keys_path
+    from .auth.keys import KeyStore, keys_path
 
     store = KeyStore(keys_path(_load(args, {})))
     if args.keys_command == "create":
@@ -69,8 +69,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    from .engine.server import run_engine
-    from .engine.whisper import ModelNotFound, WhisperOptions, auto_kind
+    from .engine.app import run_engine
+    from .engine.whisper.model import ModelNotFound, auto_kind
+    from .engine.whisper.pool import WhisperOptions
     from .logs import setup_logging
 
     setup_logging("info", "json")

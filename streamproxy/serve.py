@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .auth.authenticator import Authenticator, is_loopback
 from .config import Config, ConfigError
-from .edge.app import Gateway, build_app, is_loopback
-from .edge.auth import Authenticator, get_auth
-from .edge.limits import Limiter, get_limiter
+from .edge.app import build_app
 from .engine.supervisor import EngineSupervisor
+from .gateway.limits import Limiter
+from .gateway.state import Gateway
+from .jobs.routes import start_jobs
 from .loop import run as run_loop
 from .upstream.setup import upstreams_from_config
 
@@ -62,8 +64,6 @@ class Running:
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.gateway.close()
-        if self.gateway.limiter is not None:
-            await self.gateway.limiter.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
 
@@ -73,7 +73,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
     pool, supervisor = await upstreams_from_config(cfg)
-    gw = Gateway(cfg, pool, client_keys=client_keys, auth=auth, limiter=Limiter(cfg))
+    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg))
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
@@ -105,9 +105,9 @@ def reload(running: Running, new: Config) -> None:
     """
     gw = running.gateway
     cfg = dataclasses.replace(gw.cfg, auth=new.auth, limits=new.limits)
-    auth = get_auth(gw)
+    auth = gw.auth
     auth.reload(cfg)
-    get_limiter(gw).reload(cfg)
+    gw.limiter.reload(cfg)
     gw.cfg = cfg
     log.info(
         "reloaded keys and limits",
@@ -137,7 +137,7 @@ def _on_sighup(started: list[Running], load: Callable[[], Config] | None) -> Non
 
 def _status(gw: Gateway) -> str:
     state = "draining, " if gw.draining else ""
-    return f"{state}{len(gw.runners)} sessions"
+    return f"{state}{len(gw.sessions)} sessions"
 
 
 async def drain(running: Running, cfg: Config) -> None:
@@ -145,18 +145,7 @@ async def drain(running: Running, cfg: Config) -> None:
     gw = running.gateway
     gw.draining = True
     sd_notify(f"STOPPING=1\nSTATUS={_status(gw)}")
-    log.info("draining", extra={"event": "draining", "sessions": len(gw.runners)})
-    for r in list(gw.runners):
-        r.apply(r.core.announce_draining())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.session.drain_timeout_s
-    while gw.runners and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-    for r in list(gw.runners):
-        r.drain(1012)
-    waits = [r.finished.wait() for r in list(gw.runners)]
-    if waits:
-        await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=cfg.session.close_timeout_s + 1.0)
+    await gw.drain()
 
 
 async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -> None:
@@ -169,9 +158,7 @@ async def serve_forever(cfg: Config, load: Callable[[], Config] | None = None) -
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, started, load)
     running = await start(cfg)
     started.append(running)
-    from .jobs.routes import start_jobs  # Redis (embedded if none) and the in-process job worker
-
-    await start_jobs(running.runner.app)
+    await start_jobs(running.runner.app)  # Redis (embedded if none) and the in-process job worker
     sd_notify(f"READY=1\nSTATUS=listening on {cfg.server.host}:{running.port}")
     watchdog = asyncio.create_task(_watchdog(running.gateway))
     await stop.wait()

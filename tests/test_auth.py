@@ -22,7 +22,7 @@ import jwt
 import pytest
 from deepgram import AsyncDeepgramClient
 
-from streamproxy.edge.auth import KeyStore
+from streamproxy.auth.keys import KeyStore
 from streamproxy.serve import Running, reload
 from tests.helpers.clients import SR, assert_deepgram_error, open_stream, refused, words_audio
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict

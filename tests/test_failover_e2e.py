@@ -209,7 +209,7 @@ async def run_schedule(seed: int, engine_url: str, clean_port: int) -> Outcome:
 
     def on_event(ev: RelayEvent) -> None:
         if ev.event == "accept" and holder.get("gw") is not None:
-            runners = list(holder["gw"].gateway.runners)
+            runners = list(holder["gw"].gateway.sessions)
             if runners:
                 core = runners[0].core
                 replay_at_accept[ev.conn] = core.ring.nbytes
@@ -317,7 +317,7 @@ async def test_sigkill_one_of_two_engine_processes_loses_nothing() -> None:
         loop = asyncio.get_running_loop()
         stream = asyncio.create_task(sdk_stream(gw.port, WORDS_AUDIO[: 3 * BPS], speed=1.0))
         await asyncio.sleep(1.3)
-        runner = next(iter(gw.gateway.runners))
+        runner = next(iter(gw.gateway.sessions))
         assert runner.upstream is not None
         victim = sup.children[int(runner.upstream.name.split("-")[1])]
         assert victim.proc is not None
@@ -432,7 +432,7 @@ async def test_long_outage_overflows_bounded_buffer_and_reports_it() -> None:
 
                 async def watch() -> None:
                     while True:
-                        for r in list(gw.gateway.runners):
+                        for r in list(gw.gateway.sessions):
                             peak["ring"] = max(peak["ring"], r.core.ring.nbytes)
                             peak["cap"] = r.core.ring.capacity
                         peak["gauge"] = max(peak["gauge"], gw.gateway.metrics.audio_buffered._value.get())

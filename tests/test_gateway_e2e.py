@@ -129,10 +129,10 @@ async def test_client_disconnect_without_closestream_is_clean() -> None:
             async with s.ws_connect(url) as ws:
                 await ws.send_bytes(AUDIO[:32000])
             for _ in range(100):
-                if not gw.gateway.runners:
+                if not gw.gateway.sessions:
                     break
                 await asyncio.sleep(0.05)
-            assert not gw.gateway.runners  # session ended and cleaned up
+            assert not gw.gateway.sessions  # session ended and cleaned up
             assert gw.gateway.metrics.sessions_active._value.get() == 0
 
 

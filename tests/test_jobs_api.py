@@ -20,7 +20,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.types.listen_v1accepted_response import ListenV1AcceptedResponse
 from deepgram.types.listen_v1response import ListenV1Response
 
-from streamproxy.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from streamproxy.outbound.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from streamproxy.serve import Running
 from tests.helpers.gateway import engine, gateway, gateway_config, sdk_env
 from tests.helpers.jobs import (

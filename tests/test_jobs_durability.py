@@ -20,7 +20,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from streamproxy.engine.supervisor import free_port
-from streamproxy.jobs.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from streamproxy.outbound.webhooks import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+    verify,
+)
 from streamproxy.serve import Running
 from tests.helpers.gateway import engine, gateway, gateway_config
 from tests.helpers.jobs import (

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from streamproxy.jobs.audio import BadAudio, probe
-from streamproxy.jobs.fetch import UrlPolicy, UrlRefused, check_url, fetch
 from streamproxy.jobs.queue import bullmq_connection, job_options
 from streamproxy.jobs.redis_embedded import find_redis_server, socket_path
-from streamproxy.jobs.webhooks import sign, verify
+from streamproxy.outbound.fetch import UrlPolicy, UrlRefused, check_url, fetch
+from streamproxy.outbound.webhooks import sign, verify
 from streamproxy.upstream.prerecorded import http_base
 from tests.helpers.jobs import marker_wav
 

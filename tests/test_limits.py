@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import redis
 
-from streamproxy.edge.auth import KeyStore
-from streamproxy.edge.limits import WINDOW_S, retry_after
+from streamproxy.auth.keys import KeyStore
+from streamproxy.gateway.limits import WINDOW_S, retry_after
 from streamproxy.serve import Running
 from tests.helpers.clients import SR, assert_deepgram_error, open_stream, refused, words_audio
 from tests.helpers.gateway import engine, gateway, gateway_config

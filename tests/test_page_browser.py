@@ -266,7 +266,7 @@ async def test_page_resumes_after_network_cuts_with_nothing_lost_or_repeated(tmp
                         20,
                     )
                     sid = await page.evaluate("window.streamproxyPage.sessionId")
-                    assert sid and sid in gw.gateway.sessions
+                    assert sid and gw.gateway.sessions.resumable(sid) is not None
                     for cut in (1, 2):
                         n_words = len(await page_words(page))
                         await asyncio.sleep(0.15)  # into the next word: audio and results in flight

@@ -77,7 +77,7 @@ async def test_resume_after_socket_killed_mid_stream(resend_from: str) -> None:
                 sent += CHUNK
             ws.transport.abort()
             await asyncio.sleep(0.3)
-            assert sid in gw.gateway.sessions and gw.gateway.sessions[sid].core.detached
+            assert (r := gw.gateway.sessions.resumable(sid)) is not None and r.core.detached
 
             last_seq = max(m["proxy"]["seq"] for m in _results(first))
             offset = {"zero": 0, "sent": sent, "half": sent // 2 - (sent // 2) % 2}[resend_from]
@@ -114,9 +114,10 @@ async def test_resume_after_grace_window_is_refused() -> None:
             ws.transport.abort()
             for _ in range(60):
                 await asyncio.sleep(0.1)
-                if sid not in gw.gateway.sessions:
+                if gw.gateway.sessions.resumable(sid) is None:
                     break
-            assert sid not in gw.gateway.sessions  # grace over: the session was finished
+            assert gw.gateway.sessions.resumable(sid) is None  # grace over: the session was finished
+            assert len(gw.gateway.sessions) == 0
             with pytest.raises(websockets.InvalidStatus) as ei:
                 await websockets.connect(_url(gw.port, f"&resume={sid}&last_seq=0"))
             assert ei.value.response.status_code == 404
@@ -174,7 +175,7 @@ async def test_resume_is_a_clear_400_without_session_id() -> None:
 async def test_resume_with_a_renewed_grant_token_of_the_same_key(tmp_path: Path) -> None:
     """Ownership is the key, not the credential string: a browser that renewed its short-lived
     token resumes its own session; a token of another key does not."""
-    from streamproxy.edge.auth import KeyStore
+    from streamproxy.auth.keys import KeyStore
 
     store = KeyStore(tmp_path / "keys.json")
     _, alice = store.create("alice")

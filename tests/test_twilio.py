@@ -20,8 +20,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from streamproxy.edge.twilio import MULAW_DECODE, mulaw_decode, mulaw_encode, upsample2
-from streamproxy.jobs.webhooks import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from streamproxy.edge.twilio.codec import MULAW_DECODE, mulaw_decode, mulaw_encode, upsample2
+from streamproxy.outbound.webhooks import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.helpers.engine import recall, require_espeak, wer
 from tests.helpers.gateway import engine, gateway, gateway_config
 

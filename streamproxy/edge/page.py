@@ -18,8 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import GATEWAY, Gateway
-from .auth import PUBLIC_PATHS
+from ..gateway.state import GATEWAY, Gateway
 
 STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(html|js|css|svg|png|ico)$")
 CONTENT_TYPES = {
@@ -167,7 +166,6 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def add_page_routes(app: web.Application) -> None:
-    PUBLIC_PATHS.add("/v1/stats")  # the same figures /metrics exposes, for the page
     app[STATS] = StatsWindow()
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)

@@ -30,18 +30,20 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from ..deepgram.params import PRERECORDED_PARAMS, check_query
-from ..edge.app import GATEWAY, Gateway, deepgram_error
-from ..edge.auth import REQUEST_ID, principal_of, request_authorized
+from ..edge.errors import deepgram_error
+from ..edge.health import READINESS
+from ..edge.middleware import REQUEST_ID, principal_of, request_authorized
+from ..gateway.state import GATEWAY, Gateway
+from ..outbound.fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from ..upstream.prerecorded import UpstreamRejected, UpstreamUnavailable, recognize
 from .audio import BadAudio, probe
-from .fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from .queue import JobQueue, connect_redis
 from .redis_embedded import EmbeddedRedis
 from .worker import JobWorker
 
 log = logging.getLogger("streamproxy.jobs")
 
-__all__ = ["JOBS", "JobsService", "redis_ready", "setup_routes", "start_jobs"]
+__all__ = ["JOBS", "JobsService", "setup_routes", "start_jobs"]
 
 MODES = ("auto", "sync", "async")
 _LISTEN_PARAMS = PRERECORDED_PARAMS | {"callback", "callback_method"}
@@ -78,6 +80,15 @@ class JobsService:
                 await self.worker.start()
             return self.jq
 
+    async def redis_ready(self) -> bool | None:
+        """For /readyz: is the job queue's Redis answering? None when the queue is not started."""
+        if self.jq is None:
+            return None
+        try:
+            return bool(await asyncio.wait_for(self.jq.raw.ping(), 1.0))
+        except (TimeoutError, OSError, aioredis.RedisError):
+            return False
+
     async def close(self) -> None:
         if self._depth_task is not None:
             self._depth_task.cancel()
@@ -112,6 +123,8 @@ def setup_routes(app: web.Application, gw: Gateway) -> None:
     app.router.add_get("/v1/jobs/{id}", job_get)
     app.router.add_delete("/v1/jobs/{id}", job_delete)
 
+    app[READINESS]["redis"] = svc.redis_ready
+
     async def on_cleanup(app: web.Application) -> None:
         await svc.close()
 
@@ -122,17 +135,6 @@ async def start_jobs(app: web.Application) -> None:
     """Eager start for ``serve``: connect (or spawn) Redis and start the in-process worker now."""
     svc = app[JOBS]
     await svc.ensure(start_worker=svc.q.serve_worker)
-
-
-async def redis_ready(app: web.Application) -> bool | None:
-    """For /readyz: is the job queue's Redis answering? None when the queue is not started."""
-    svc = app.get(JOBS)
-    if svc is None or svc.jq is None:
-        return None
-    try:
-        return bool(await asyncio.wait_for(svc.jq.raw.ping(), 1.0))
-    except (TimeoutError, OSError, aioredis.RedisError):
-        return False
 
 
 # ---------------------------------------------------------------------- helpers

@@ -28,11 +28,12 @@ from bullmq import Job, UnrecoverableError, Worker
 
 from ..config import Config
 from ..loop import run
+from ..outbound.fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
+from ..outbound.webhooks import deliver, new_secret
 from ..upstream.pool import UpstreamPool
 from ..upstream.prerecorded import UpstreamRejected, recognize
 from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
-from .fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from .queue import (
     CANCELLED_REASON,
     TRANSCRIBE_QUEUE,
@@ -42,7 +43,6 @@ from .queue import (
     bullmq_connection,
     connect_redis,
 )
-from .webhooks import deliver, new_secret
 
 log = logging.getLogger("streamproxy.jobs")
 

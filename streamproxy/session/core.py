@@ -12,6 +12,7 @@ time ``(round(t * sr) + base_samples) / sr``.
 
 from __future__ import annotations
 
+import enum
 import random
 from bisect import bisect_left
 from collections import deque
@@ -80,24 +81,52 @@ class CloseClient:
     reason: str
 
 
+class Latency(enum.Enum):
+    """What a latency observation measures (audio's last byte in -> its result out)."""
+
+    INTERIM = "interim"
+    FINAL = "final"
+    FIRST_WORD = "first_word"
+
+
+class Counter(enum.Enum):
+    RECONNECT = "reconnect"  # label: the reason
+    REPLAYED_S = "replayed_s"
+    DROPPED_S = "dropped_s"
+    DUPLICATE = "duplicate"
+    FATAL = "fatal"
+
+
 @dataclass(slots=True)
 class Observe:
-    """A latency observation in seconds; ``kind`` is interim, final or first_word."""
+    """A latency observation in seconds."""
 
-    kind: str
+    kind: Latency
     seconds: float
 
 
 @dataclass(slots=True)
 class Count:
-    """A counter increment: reconnect, replayed_s, dropped_s, duplicate, fatal."""
-
-    name: str
+    name: Counter
     value: float = 1.0
     label: str = ""
 
 
 Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count
+
+
+class Phase(enum.Enum):
+    """The session's life. Upstream connections come and go inside every phase but CLOSED.
+
+    STREAMING -> DETACHED (client dropped, resumable) -> STREAMING (resumed) or CLOSING;
+    STREAMING | DETACHED -> CLOSING (CloseStream, disconnect, drain, grace over) -> CLOSED.
+    A fatal upstream error goes straight to CLOSED.
+    """
+
+    STREAMING = "streaming"
+    DETACHED = "detached"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 class ResumeError(Exception):
@@ -127,7 +156,12 @@ def full_jitter_delay(attempt: int, s: SessionSettings, rng: random.Random) -> f
 
 
 class Session:
-    """State of one client stream; methods take inputs and return the actions to perform."""
+    """State of one client stream; methods take inputs and return the actions to perform.
+
+    Contract: call ``start`` once, then feed every event (``client_*``, ``upstream_*``, ``tick``
+    at ``next_deadline()``) with the current monotonic time; each returns the actions to carry
+    out, in order. ``phase`` says where the session is in its life.
+    """
 
     def __init__(
         self,
@@ -179,24 +213,39 @@ class Session:
         self.seq = 0
         # Resumption: what was delivered (by seq), and the state of a dropped client.
         self._outbox: deque[tuple[int, str]] = deque(maxlen=settings.outbox_max)
-        self.detached = False
+        self.phase = Phase.STREAMING
         self._detach_deadline: float | None = None
         self._resume_pos: int | None = None  # stream offset of the next byte from a resumed client
 
         # Closing.
-        self.closing = False
-        self.client_gone = False
+        self.client_gone = False  # nothing more can be sent to the client
         self.close_code = 1000
         self._close_deadline: float | None = None
         self._metadata: dict[str, Any] | None = None
-        self.done = False
+        self._close_answered = False  # this connection delivered CloseStream's trailing results
 
+    def start(self, now: float) -> list[Action]:
+        """The first actions: connect upstream at once."""
         self._connect(now, delay=0.0, reason="initial")
+        return self._take()
 
     # ------------------------------------------------------------------ helpers
     def _take(self) -> list[Action]:
         out, self._actions = self._actions, []
         return out
+
+    @property
+    def closing(self) -> bool:
+        """CloseStream (or its equivalent) was received: no more audio is taken."""
+        return self.phase in (Phase.CLOSING, Phase.CLOSED)
+
+    @property
+    def detached(self) -> bool:
+        return self.phase is Phase.DETACHED
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.CLOSED
 
     @property
     def resumable(self) -> bool:
@@ -229,7 +278,7 @@ class Session:
         self._unanswered_since = None
         self._control_since = None
         self._controls_pending = 0
-        self._close_answered = False  # this connection delivered CloseStream's trailing results
+        self._close_answered = False
         self._actions.append(Connect(delay, self.attempt, self.gen, reason))
 
     @property
@@ -292,7 +341,7 @@ class Session:
         while len(arrivals) > 1 and arrivals[0][0] <= self.ring.start:
             arrivals.popleft()
         secs = self.fmt.bytes_to_seconds(dropped)
-        self._actions.append(Count("dropped_s", secs))
+        self._actions.append(Count(Counter.DROPPED_S, secs))
         self._status("degraded", dropped_s=round(self.fmt.bytes_to_seconds(self.stats.dropped_bytes), 3))
         if self.connected and self.sent_pos < self.ring.start:
             # Cannot happen while connected (sent audio is always in the ring) - kept as a guard.
@@ -347,10 +396,15 @@ class Session:
         self._status("draining")
         return self._take()
 
+    def abort(self, code: int, reason: str) -> list[Action]:
+        """End now, whatever is still owed (the client would not take the close in time)."""
+        self._finish(code, reason)
+        return self._take()
+
     def _begin_close(self, now: float) -> None:
         if self.closing:
             return
-        self.closing = True
+        self.phase = Phase.CLOSING
         self._finalize_owed += 1
         self._flush_partial(now)
         if self._partial:  # a dangling odd byte cannot be sent as audio
@@ -365,7 +419,7 @@ class Session:
     def _finish(self, code: int, reason: str) -> None:
         if self.done:
             return
-        self.done = True
+        self.phase = Phase.CLOSED
         if code in (1000, 1012) and not self.stats.fatal:
             meta = self._metadata or metadata_message(
                 request_id=self.session_id,
@@ -406,7 +460,7 @@ class Session:
         self.sent_pos = self.framed_pos
         if replay_bytes and self.stats.reconnects:
             self.stats.replayed_bytes += replay_bytes
-            self._actions.append(Count("replayed_s", self.fmt.bytes_to_seconds(replay_bytes)))
+            self._actions.append(Count(Counter.REPLAYED_S, self.fmt.bytes_to_seconds(replay_bytes)))
         if replay:
             self._unanswered_since = now
         self._last_activity = now
@@ -450,7 +504,7 @@ class Session:
         self.connected = False
         self.attempt += 1
         self.stats.reconnects += 1
-        self._actions.append(Count("reconnect", 1, reason))
+        self._actions.append(Count(Counter.RECONNECT, 1, reason))
         if self.s.max_attempts and self.attempt > self.s.max_attempts:
             self._fatal(f"upstream unavailable after {self.attempt - 1} attempts ({reason})", code=1011)
             return
@@ -460,7 +514,7 @@ class Session:
 
     def _fatal(self, description: str, *, code: int) -> None:
         self.stats.fatal = description
-        self._actions.append(Count("fatal", 1))
+        self._actions.append(Count(Counter.FATAL, 1))
         self._emit_client(error_message("UPSTREAM_ERROR", description, "UpstreamError"))
         self._finish(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1011, "upstream error")
 
@@ -546,7 +600,7 @@ class Session:
                 # Already delivered; a re-sent Finalize/CloseStream's answer after a reconnect
                 # is a duplicate too once the client has had one for each it sent.
                 self.stats.duplicates += 1
-                self._actions.append(Count("duplicate"))
+                self._actions.append(Count(Counter.DUPLICATE))
                 return
             if start < delivered:
                 start = delivered
@@ -565,12 +619,11 @@ class Session:
             msg["duration"] = (end - start) / sr
         latency = self._latency(self.fmt.samples_to_bytes(end), now) if self.fmt.raw else None
         if latency is not None:
-            kind = "final" if is_final else "interim"
             self.stats.latencies.append(latency)
-            self._actions.append(Observe(kind, latency))
+            self._actions.append(Observe(Latency.FINAL if is_final else Latency.INTERIM, latency))
             if nwords and self.stats.first_word_latency is None:
                 self.stats.first_word_latency = latency
-                self._actions.append(Observe("first_word", latency))
+                self._actions.append(Observe(Latency.FIRST_WORD, latency))
         self.stats.results += 1
         if self.s.proxy_events:
             self._emit_seq(msg, latency_ms=None if latency is None else round(latency * 1000, 3))
@@ -599,7 +652,7 @@ class Session:
         """The socket dropped without CloseStream: hold the session (upstream alive) for the grace window."""
         if not self.resumable or self.closing or self.done:
             return self.client_closed(now)
-        self.detached = True
+        self.phase = Phase.DETACHED
         self._detach_deadline = now + self.s.resume_grace_s
         return self._take()
 
@@ -617,7 +670,7 @@ class Session:
                 f"audio_offset {audio_offset} is beyond the audio received ({self.client_pos} bytes): "
                 "audio would be lost"
             )
-        self.detached = False
+        self.phase = Phase.STREAMING
         self._detach_deadline = None
         self._resume_pos = audio_offset if audio_offset is not None else self.client_pos
         self._status("resumed", audio_bytes_received=self.client_pos, last_seq=self.seq)
@@ -698,7 +751,7 @@ class Session:
             self._retry(now, "stall")
         if self._detach_deadline is not None and now >= self._detach_deadline:
             self._detach_deadline = None
-            self.detached = False
+            self.phase = Phase.STREAMING  # the close below takes it on to CLOSING
             self.client_gone = True
             self._begin_close(now)  # grace window over: finish the upstream side cleanly
         if self._close_deadline is not None and now >= self._close_deadline:

@@ -1,8 +1,8 @@
 """Ring buffer of unacknowledged audio (and the control messages interleaved with it).
 
 Items are keyed by their absolute byte position in the client's stream. ``release(ack)`` frees
-everything before the acknowledgement watermark; ``replay(start)`` yields what a fresh upstream
-must receive to continue from ``start``. The byte bound is hard: overflow drops the oldest audio
+everything before the acknowledgement watermark; ``replay()`` yields what a fresh upstream must
+receive to continue from there. The byte bound is hard: overflow drops the oldest audio
 and returns how much, so the caller can count and report it.
 """
 
@@ -61,7 +61,8 @@ class RingBuffer:
         self._items.append(Item(pos, None, message))
 
     def _drop_head(self, nbytes: int) -> int:
-        dropped = self._cut(self.start + nbytes, answered=len(self._items))
+        # Controls in the dropped audio stay: a Finalize is still owed its answer after a replay.
+        dropped = self._cut(self.start + nbytes, answered=0)
         self.dropped_bytes += dropped
         return dropped
 

@@ -67,16 +67,16 @@ def reference_run(audio: bytes, sr: int, finalize_at: list[int], endpointing_ms:
     for f in sorted(finalize_at):
         f = min(f - f % 2, len(audio))
         if f > pos:
-            msgs += _to_json(rec.feed(audio[pos:f]), sr)
+            msgs += to_json(rec.feed(audio[pos:f]), sr)
             pos = f
-        msgs += _to_json(rec.finalize(), sr)
+        msgs += to_json(rec.finalize(), sr)
     if pos < len(audio):
-        msgs += _to_json(rec.feed(audio[pos:]), sr)
-    msgs += _to_json(rec.close(), sr)
+        msgs += to_json(rec.feed(audio[pos:]), sr)
+    msgs += to_json(rec.close(), sr)
     return msgs
 
 
-def _to_json(events: list, sr: int) -> list[dict]:
+def to_json(events: list, sr: int) -> list[dict]:
     return [results_message(e, request_id="r", model_name="marker") for e in events if isinstance(e, Result)]
 
 
@@ -138,7 +138,7 @@ class World:
                         close_sent = True
                     else:
                         events = []
-                    for m in _to_json(events, self.sr):
+                    for m in to_json(events, self.sr):
                         inflight.append((step + rng.randint(0, self.max_delay_steps), orjson.dumps(m)))
                     if close_sent:
                         meta = metadata_message(request_id="r", duration=0.0, channels=1, model_name="marker")
@@ -159,7 +159,7 @@ class World:
                 elif isinstance(a, Count):
                     pass
 
-        handle(core._take())
+        handle(core.start(now))
         while not closed_client and step < max_steps:
             step += 1
             # The client sends in real time: the clock advances by the audio a chunk holds.

@@ -1,5 +1,4 @@
-"""Per-key admission limits: concurrent sessions, sessions and requests per minute, session length,
-browser ``Origin``s.
+"""Per-key admission limits: concurrent sessions, sessions and requests per minute, browser ``Origin``s.
 
 Counters live in Redis when ``queue.redis_url`` is set, so a key's limits hold across every
 instance behind a load balancer; otherwise in this process. Rates use a sliding window (the
@@ -20,26 +19,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
+from typing import Any
 
 from ..config import Config
 
-if TYPE_CHECKING:
-    from ..session.runner import SessionRunner
-    from .app import Gateway
-
-__all__ = [
-    "LEASE_S",
-    "WINDOW_S",
-    "Limiter",
-    "Refusal",
-    "admit_session",
-    "get_limiter",
-    "normalise_origin",
-    "track_session",
-]
+__all__ = ["LEASE_S", "WINDOW_S", "Lease", "Limiter", "Refusal", "normalise_origin"]
 
 log = logging.getLogger("streamproxy.limits")
 
@@ -75,17 +59,16 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
+    """Why a session or request is not admitted: an HTTP status before a WebSocket upgrade, or
+    ``close_code`` for a stream refused after it (Twilio learns its credential in ``start``)."""
+
     status: int
     message: str
     retry_after: int | None = None
 
-    def response(self, request_id: str) -> web.Response:
-        from .app import deepgram_error
-
-        resp = deepgram_error(self.status, self.message, request_id=request_id)
-        if self.retry_after is not None:
-            resp.headers["Retry-After"] = str(self.retry_after)
-        return resp
+    @property
+    def close_code(self) -> int:
+        return 1013 if self.status in (429, 503) else 1008
 
 
 def retry_after(limit: int, cur: int, prev: int, frac: float) -> int:
@@ -257,77 +240,18 @@ class Limiter:
                 await self._redis.aclose()
 
 
-def get_limiter(gw: Gateway) -> Limiter:
-    """The gateway's limiter, created on first use for gateways built without ``serve.start``."""
-    if gw.limiter is None:
-        gw.limiter = Limiter(gw.cfg)
-    return gw.limiter
+@dataclass(slots=True)
+class Lease:
+    """A taken per-key session slot; ``release`` is idempotent."""
 
+    limiter: Limiter | None
+    principal_id: str
+    session_id: str
+    released: bool = False
 
-_LEASE = web.RequestKey("streamproxy_lease", tuple)  # (principal id, session id) not yet bound
-_watchers: set[asyncio.Task[None]] = set()
-
-
-async def admit_session(gw: Gateway, request: web.Request, session_id: str, *, new: bool = True) -> web.Response | None:
-    """Origin check, and for a new session the per-key session limits. None means admitted.
-
-    The slot taken here is released when the request ends, unless ``track_session`` hands it
-    to the session (which may outlive the request while it waits to be resumed).
-    """
-    from .auth import CLEANUPS, principal_of
-
-    limiter = get_limiter(gw)
-    refusal = limiter.check_origin(request.headers.get("Origin"))
-    principal = principal_of(request)
-    if refusal is None and new and principal is not None:
-        refusal = await limiter.open_session(principal.id, session_id)
-        if refusal is None:
-            lease = (principal.id, session_id)
-            request[_LEASE] = lease
-
-            async def release_unbound() -> None:
-                if request.get(_LEASE) is lease:
-                    await limiter.close_session(*lease)
-
-            cleanups = request.get(CLEANUPS)
-            if cleanups is not None:
-                cleanups.append(release_unbound)
-    if refusal is None:
-        return None
-    log.info(
-        "session refused",
-        extra={"event": "session_refused", "status": refusal.status, "reason": refusal.message},
-    )
-    return refusal.response(session_id)
-
-
-def track_session(gw: Gateway, request: web.Request, runner: SessionRunner) -> None:
-    """Bind the admitted slot to the session's life, and enforce ``limits.max_session_s``.
-
-    At the limit the session is finalised like a clean close: trailing results and Metadata are
-    delivered, then it closes with 1000 (a ProxyStatus "draining" precedes it for proxy_events clients).
-    """
-    lease = request.pop(_LEASE, None)
-    limiter = get_limiter(gw)
-    max_s = gw.cfg.limits.max_session_s
-
-    async def watch() -> None:
-        try:
-            if max_s > 0:
-                try:
-                    await asyncio.wait_for(runner.finished.wait(), max_s)
-                except TimeoutError:
-                    if not runner.core.closing:
-                        log.info(
-                            "maximum session duration reached",
-                            extra={"event": "session_max_duration", "max_s": max_s},
-                        )
-                        runner.drain(1000)
-            await runner.finished.wait()
-        finally:
-            if lease is not None:
-                await limiter.close_session(*lease)
-
-    task = asyncio.get_running_loop().create_task(watch())
-    _watchers.add(task)
-    task.add_done_callback(_watchers.discard)
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.limiter is not None:
+            await self.limiter.close_session(self.principal_id, self.session_id)

@@ -2,7 +2,11 @@
 
 One runner per client stream. It feeds the core what the client socket, the upstream socket
 and the clock say, and performs the actions the core returns, in order. All decisions (what to
-buffer, when to reconnect, what to deliver) are the core's.
+buffer, when to reconnect, what to deliver) are the core's; the runner speaks only its public API.
+
+A session ends in exactly one place, ``_finish`` (reached through the core's ``CloseClient`` or
+``shutdown(force=True)``), which releases everything the session holds and calls ``on_done``
+once. ``shutdown(code)`` is the one way anything else (drain, max duration, close wait) ends it.
 """
 
 from __future__ import annotations
@@ -17,19 +21,22 @@ from typing import Any, Protocol
 import aiohttp
 
 from ..metrics import Metrics
-from ..upstream.connection import HandshakeError, UpstreamSocket, open_upstream
-from ..upstream.pool import Upstream, UpstreamPool
-from .core import (
+from ..session.core import (
     Action,
     CloseClient,
     Connect,
     Count,
+    Counter,
     DropUpstream,
+    Latency,
     Observe,
     SendClient,
     SendUpstream,
     Session,
 )
+from ..upstream.connection import HandshakeError, UpstreamSocket, open_upstream
+from ..upstream.pool import Upstream, UpstreamPool
+from .limits import Lease
 
 log = logging.getLogger("streamproxy.session")
 
@@ -57,9 +64,13 @@ class SessionRunner:
         *,
         on_done: Callable[[SessionRunner], None] | None = None,
         max_message_bytes: int = 1_048_576,
+        max_duration_s: float = 0.0,
         http: aiohttp.ClientSession,
     ) -> None:
         self.core = core
+        self.max_duration_s = max_duration_s  # > 0: finalised and closed (1000) at this age
+        self._max_timer: asyncio.TimerHandle | None = None
+        self.lease: Lease | None = None  # the per-key slot, released when the session ends
         self.max_message_bytes = max_message_bytes
         self.http = http  # the gateway's client for upstream connections
         self.client: ClientSocket | None = client
@@ -92,10 +103,10 @@ class SessionRunner:
             elif type(a) is SendClient:
                 self._to_client.append(a.data)
             elif type(a) is Observe:
-                if a.kind == "first_word":
+                if a.kind is Latency.FIRST_WORD:
                     self.metrics.first_word.observe(a.seconds)
                 else:
-                    self.metrics.latency_by_kind[a.kind].observe(a.seconds)
+                    self.metrics.latency_by_kind[a.kind.value].observe(a.seconds)
             elif type(a) is Count:
                 self._count(a)
             elif type(a) is Connect:
@@ -130,20 +141,21 @@ class SessionRunner:
         # The failed connection is already cleared when its reconnect is counted: label it by the
         # upstream last tried, never "".
         name = self.upstream.name if self.upstream else (self._last_upstream or "")
-        if a.name == "reconnect":
-            m.upstream_reconnects.labels(name, a.label).inc()
-        elif a.name == "replayed_s":
-            m.audio_replayed.inc(a.value)
-        elif a.name == "dropped_s":
-            m.audio_dropped.inc(a.value)
-            log.warning(
-                "ring buffer overflow: oldest audio dropped",
-                extra={"event": "buffer_overflow", "session_id": self.core.session_id, "dropped_s": a.value},
-            )
-        elif a.name == "duplicate":
-            m.duplicates.inc()
-        elif a.name == "fatal":
-            m.fatal.inc()
+        match a.name:
+            case Counter.RECONNECT:
+                m.upstream_reconnects.labels(name, a.label).inc()
+            case Counter.REPLAYED_S:
+                m.audio_replayed.inc(a.value)
+            case Counter.DROPPED_S:
+                m.audio_dropped.inc(a.value)
+                log.warning(
+                    "ring buffer overflow: oldest audio dropped",
+                    extra={"event": "buffer_overflow", "session_id": self.core.session_id, "dropped_s": a.value},
+                )
+            case Counter.DUPLICATE:
+                m.duplicates.inc()
+            case Counter.FATAL:
+                m.fatal.inc()
 
     async def _flush_up(self, up: UpstreamSocket) -> None:
         """Write queued frames to ``up`` only: a flusher blocked on a dead (stalled) socket must
@@ -277,30 +289,81 @@ class SessionRunner:
     async def _close_client_after_flush(self, a: CloseClient) -> None:
         # Deliver what is queued (trailing results, Metadata) before the close frame.
         while self._client_flushing or self._to_client:
+            if self.finished.is_set():
+                return  # forced shut meanwhile
             if not self._client_flushing:
                 await self._flush_client()
             else:
                 await asyncio.sleep(0)
-        if self.client is not None:
-            try:
-                await self.client.close(code=a.code, message=a.reason.encode()[:120])
-            except Exception:  # the client may already be gone
-                pass
+        await self._close_socket(a.code, a.reason)
         self._finish()
 
+    async def _close_socket(self, code: int, reason: str) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                await client.close(code=code, message=reason.encode()[:120])
+            except Exception:  # the client may already be gone
+                pass
+
     def _finish(self) -> None:
+        """Release everything the session holds; runs once, however the session ended."""
         if self.finished.is_set():
             return
-        if self._timer is not None:
-            self._timer.cancel()
+        for t in (self._timer, self._max_timer):
+            if t is not None:
+                t.cancel()
         self._drop_upstream()
+        self._to_client.clear()
         self.finished.set()
         if self.on_done is not None:
             self.on_done(self)
 
-    # Entry points used by the client edge.
+    # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.apply(self.core._take())
+        if self.max_duration_s > 0:
+            self._max_timer = self.loop.call_later(self.max_duration_s, self._max_duration)
+        self.apply(self.core.start(clock()))
+
+    def _max_duration(self) -> None:
+        if not self.core.closing:
+            log.info(
+                "maximum session duration reached",
+                extra={"event": "session_max_duration", "max_s": self.max_duration_s},
+            )
+            self.shutdown(1000)
+
+    def shutdown(self, code: int, *, force: bool = False, outcome: str | None = None) -> None:
+        """End the session with close ``code``: finalised first (trailing results and Metadata
+        delivered) unless ``force``, which ends it now (a client that does not take the close)."""
+        if self.finished.is_set():
+            return
+        if outcome is not None:
+            self.outcome = outcome
+        if not force and not self.core.closing:
+            self.apply(self.core.drain(clock(), code))
+            return
+        self.apply(self.core.abort(code, "closed by the gateway"), inline=True)
+        self.close_code = self.close_code or code
+        self.loop.create_task(self._close_socket(code, "closed by the gateway"))
+        self._finish()
+
+    def announce_draining(self) -> None:
+        self.apply(self.core.announce_draining())
+
+    async def client_ended(self, client: ClientSocket) -> None:
+        """The client's socket is done reading (closed, errored or raised): the session ends or,
+        if resumable, waits for the client. Always called, so no exit path skips the session's end."""
+        if self.client is not client:
+            return  # a resumed connection took the session over
+        if not self.core.closing:
+            self.client_gone()
+            if self.core.detached:
+                return  # resumable: the session waits for the client without this handler
+        try:
+            await asyncio.wait_for(self.finished.wait(), self.core.s.close_timeout_s + 5.0)
+        except TimeoutError:
+            self.shutdown(1011, force=True, outcome="timeout")
 
     def client_audio(self, data: bytes) -> None:
         self.apply(self.core.client_audio(data, clock()))
@@ -340,9 +403,6 @@ class SessionRunner:
         self.client = client
         self.outcome = "ok"
         self.apply(actions)
-
-    def drain(self, code: int = 1012) -> None:
-        self.apply(self.core.drain(clock(), code))
 
     def summary(self) -> dict[str, Any]:
         st = self.core.stats

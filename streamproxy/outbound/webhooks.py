@@ -1,11 +1,14 @@
-"""Signed callback delivery.
+"""Signed webhook delivery, for job callbacks and Twilio transcripts alike.
 
 Each delivery is an HTTP POST (or PUT) of the JSON result with these headers:
 
 - ``X-Streamproxy-Timestamp``: Unix seconds when this attempt was signed;
-- ``X-Streamproxy-Signature``: ``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>``;
-- ``X-Streamproxy-Delivery``: the job id (the same on every retry: use it to de-duplicate);
-- ``X-Streamproxy-Event``: ``transcription.completed`` or ``transcription.failed``.
+- ``X-Streamproxy-Signature``: ``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>``
+  (when a secret is configured);
+- ``X-Streamproxy-Delivery``: what is delivered (a job id, or ``<session>:<event id>``), the same
+  on every retry: use it to de-duplicate;
+- ``X-Streamproxy-Event``: ``transcription.completed``/``transcription.failed`` for jobs, the SSE
+  event name for Twilio sessions.
 
 A receiver recomputes the HMAC over the raw body it received (:func:`verify`), compares in
 constant time and rejects timestamps older than a few minutes (replay). Any 2xx ends the
@@ -86,17 +89,19 @@ async def deliver(
     event: str,
     method: str = "POST",
 ) -> int:
-    """One attempt; returns the 2xx status or raises DeliveryFailed (redirects are not followed)."""
+    """One attempt; returns the 2xx status or raises DeliveryFailed (redirects are not followed;
+    a URL the policy refuses raises FetchError)."""
     host = check_url(url, policy)
     ts = int(time.time())
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "streamproxy-webhooks/1",
         TIMESTAMP_HEADER: str(ts),
-        SIGNATURE_HEADER: sign(secret, ts, body),
         DELIVERY_HEADER: delivery_id,
         EVENT_HEADER: event,
     }
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, ts, body)
     try:
         async with session.request(method, url, data=body, headers=headers, allow_redirects=False) as resp:
             check_peer(resp, policy, host)

@@ -1,0 +1,1 @@
+"""Client credentials: the key file, grant tokens, and who may call (no HTTP framework here)."""

@@ -1,0 +1,108 @@
+"""``GET /v1/listen``: Deepgram Live streaming over a WebSocket, and resuming a dropped session."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from ..deepgram.messages import CLOSE_STREAM, error_message
+from ..gateway.admission import DRAINING, Refused, admit
+from ..gateway.runner import SessionRunner
+from ..gateway.state import GATEWAY
+from ..session.core import ResumeError
+from .errors import deepgram_error, refusal_response
+from .middleware import REQUEST_ID, principal_of, request_authorized
+from .params import ParamError, parse_params
+
+log = logging.getLogger("streamproxy.edge")
+
+
+def owner_of(request: web.Request) -> str:
+    """Who may resume a session: the client key it was opened with (a grant token counts as its key,
+    so a renewed token still resumes); "" for anonymous sessions, whose unguessable id is the secret."""
+    p = principal_of(request)
+    return p.id if p is not None and p.kind in ("key", "token") else ""
+
+
+async def listen_ws(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    sid = request.get(REQUEST_ID) or str(uuid.uuid4())
+    try:
+        params = parse_params(request.query)
+    except ParamError as e:
+        return deepgram_error(400, str(e), request_id=sid)
+    if not request_authorized(gw, request):
+        return deepgram_error(401, "Invalid credentials.", request_id=sid)
+    if gw.draining:
+        return refusal_response(DRAINING, sid)
+    owner = owner_of(request)
+    resumed: SessionRunner | None = None
+    if params.resume:
+        resumed = gw.sessions.resumable(params.resume)
+        if resumed is None:
+            msg = f"session {params.resume!r} not found or its resume window has expired; start a new session"
+            return deepgram_error(404, msg, request_id=sid)
+        if not hmac.compare_digest(resumed.owner, owner):
+            return deepgram_error(403, "session belongs to another client credential", request_id=sid)
+        sid = params.resume
+    try:
+        lease = await admit(
+            gw, principal=principal_of(request), session_id=sid, origin=request.headers.get("Origin"),
+            new=resumed is None,
+        )  # fmt: skip
+    except Refused as e:
+        return refusal_response(e.refusal, sid)
+    runner: SessionRunner | None = None
+    try:
+        ws = web.WebSocketResponse(
+            protocols=("token", "bearer"),
+            max_msg_size=gw.cfg.limits.max_frame_bytes,
+            autoping=True,
+            heartbeat=None,
+            compress=False,
+        )
+        ws.headers["dg-request-id"] = sid
+        await ws.prepare(request)
+        if resumed is not None:
+            try:
+                resumed.resume(ws, params.last_seq or 0, params.audio_offset)
+            except ResumeError as e:
+                await ws.send_str(orjson.dumps(error_message("RESUME_FAILED", str(e), "ProxyError")).decode())
+                await ws.close(code=1008, message=b"resume failed")
+                return ws
+            runner = resumed
+        else:
+            runner = gw.open_session(
+                sid, params.fmt, params.upstream_query, ws, owner=owner, lease=lease,
+                proxy_events=params.proxy_events,
+            )  # fmt: skip
+        await _pump(ws, runner)
+        return ws
+    finally:
+        if runner is None:
+            await lease.release()  # never reached a session: the slot is not its to release
+
+
+async def _pump(ws: web.WebSocketResponse, runner: SessionRunner) -> None:
+    """Feed the client's frames to the session until the client or the session ends; whatever
+    ends the loop (close, error, an exception from the socket), the session hears of it."""
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                if msg.data:
+                    await runner.feed_audio(msg.data)
+                else:  # legacy Deepgram clients close a stream with an empty frame
+                    runner.client_text(CLOSE_STREAM)
+            elif msg.type == WSMsgType.TEXT:
+                runner.client_text(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                runner.outcome = "client_error"
+                break
+    except (ConnectionError, RuntimeError):
+        runner.outcome = "client_error"
+    finally:
+        await runner.client_ended(ws)

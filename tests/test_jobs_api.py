@@ -298,3 +298,35 @@ async def test_upstream_down_sync_is_503(tmp_path: Path) -> None:
             async with http.post(f"http://127.0.0.1:{gw.port}/v1/listen", data=SHORT) as resp:
                 body = await resp.text()
                 assert resp.status == 503 and "no upstream could transcribe" in body and "u0" in body
+
+
+def _forged_wav(width: int, data: bytes) -> bytes:
+    """RIFF/WAVE, PCM mono 16 kHz of ``width`` bytes, data size 0xFFFFFFFF ("until the end")."""
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 16000 * width, width, 8 * width)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + data
+    )
+
+
+async def test_wav_data_size_ffffffff_with_odd_sample_bytes_keeps_the_upstream_in_rotation(tmp_path: Path) -> None:
+    """A forged WAV (data size 0xFFFFFFFF, sample bytes not a multiple of the width) is the
+    client's problem: never a 5xx, never counted against the upstream, so five in a row leave
+    /readyz at 200 and the next honest request is served."""
+    async with stack(tmp_path) as s, aiohttp.ClientSession() as http:
+        for width, n in ((2, 3201), (3, 3202), (4, 3203), (2, 1), (4, 5)):
+            async with http.post(f"{s.base}/v1/listen", data=_forged_wav(width, b"\x01" * n)) as r:
+                body = await r.text()
+                assert r.status < 500, (width, n, r.status, body)
+        async with http.get(f"{s.base}/readyz") as r:
+            assert r.status == 200, await r.text()
+        async with http.post(f"{s.base}/v1/listen", data=SHORT) as r:
+            assert r.status == 200 and words_of(await _json(r)) == WORDS

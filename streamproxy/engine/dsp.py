@@ -8,6 +8,7 @@ marker and pocketsphinx kinds must not pay for it.
 from __future__ import annotations
 
 import io
+import struct
 import wave
 from typing import Any
 
@@ -26,13 +27,19 @@ def downmix(samples: np.ndarray, channels: int) -> np.ndarray:
 
 
 def wav_to_pcm16(body: bytes) -> tuple[np.ndarray, int]:
-    """Decode a PCM WAV (8/16/24/32-bit, any channels) to mono int16; raises :class:`BadRequest`."""
+    """Decode a PCM WAV (8/16/24/32-bit, any channels) to mono int16; raises :class:`BadRequest`.
+
+    A WAV written while streaming declares its data size as 0xFFFFFFFF ("until the end") and may
+    end in the middle of a sample frame: that partial frame is dropped, as a streaming reader
+    would. Whatever the body, a bad one is the client's error (400), never the engine's (500).
+    """
     try:
         with wave.open(io.BytesIO(body), "rb") as w:
             sr, width, nch = w.getframerate(), w.getsampwidth(), w.getnchannels()
             frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
+    except (wave.Error, EOFError, ValueError, OverflowError, struct.error) as exc:
         raise BadRequest(f"could not read the WAV file (PCM only): {exc}") from None
+    frames = frames[: len(frames) // (width * nch) * (width * nch)]
     if width == 1:
         a = (np.frombuffer(frames, dtype=np.uint8).astype(np.int32) - 128) << 8
     elif width == 2:

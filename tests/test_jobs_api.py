@@ -330,3 +330,25 @@ async def test_wav_data_size_ffffffff_with_odd_sample_bytes_keeps_the_upstream_i
             assert r.status == 200, await r.text()
         async with http.post(f"{s.base}/v1/listen", data=SHORT) as r:
             assert r.status == 200 and words_of(await _json(r)) == WORDS
+
+
+def _flac_claiming(seconds: int, rate: int = 16000) -> bytes:
+    """A FLAC STREAMINFO header claiming ``seconds`` of audio, and no frames: the probe trusts it."""
+    bits = (rate << 44) | (0 << 41) | (15 << 36) | (seconds * rate)
+    info = bytes(10) + bits.to_bytes(8, "big")
+    return b"fLaC" + bytes([0x80, 0, 0, 34]) + info + bytes(16) + b"\0" * 64
+
+
+async def test_flac_header_claiming_a_long_duration_on_the_queued_sync_path_is_the_upstreams_400(
+    tmp_path: Path,
+) -> None:
+    """Over sync_max_seconds the sync route queues and awaits the job; the engine refuses the
+    audio (400): the client gets that 400 and its reason, not a 502 as if the upstream had failed."""
+    async with stack(tmp_path, sync_max_seconds=1.0, serve_worker=True) as s, aiohttp.ClientSession() as http:
+        async with http.post(f"{s.base}/v1/listen", data=_flac_claiming(100)) as r:
+            body = await r.text()
+            assert r.status == 400, (r.status, body)
+            assert "rejected the audio" in body and "err_msg" in body
+            assert "rejected the audio" in r.headers["dg-error"]
+        async with http.get(f"{s.base}/readyz") as r:
+            assert r.status == 200

@@ -18,7 +18,8 @@ Job schema (stable; any BullMQ producer - Python, Node, Bull Board - can enqueue
   "exponential", "delay": backoff_s * 1000}``, ``removeOnComplete``/``removeOnFail``
   ``{"age": result_ttl_s}``;
 - ``returnvalue``: the Deepgram prerecorded response (``metadata.request_id`` = the job id);
-  ``progress``: 0-100; ``failedReason``: a sentence saying what failed.
+  ``progress``: 0-100; ``failedReason``: a sentence saying what failed; when the job's input was
+  at fault (an upstream's 4xx, not audio, a refused URL), ``data.rejected_status`` holds that 4xx.
 
 Callbacks are jobs of their own (queue ``webhooks``, job name ``webhook``, job id ``<job id>:cb``
 so a re-run job cannot enqueue a second delivery).
@@ -50,6 +51,7 @@ log = logging.getLogger("streamproxy.jobs")
 
 __all__ = [
     "JOB_NAME",
+    "REJECTED_STATUS",
     "TRANSCRIBE_QUEUE",
     "WEBHOOK_JOB",
     "WEBHOOK_QUEUE",
@@ -65,6 +67,8 @@ JOB_NAME = "transcribe"
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_JOB = "webhook"
 CANCELLED_REASON = "cancelled by the client"
+#: Job data field set by the worker when the job's input was refused (the HTTP status, a 4xx).
+REJECTED_STATUS = "rejected_status"
 FINISHED = ("completed", "failed")
 
 
@@ -253,6 +257,8 @@ class JobQueue:
                 out["result"] = job.returnvalue
         elif state == "failed":
             out["error"] = job.failedReason or "failed"
+            if isinstance(data.get(REJECTED_STATUS), int):
+                out["error_status"] = data[REJECTED_STATUS]
             if job.failedReason == CANCELLED_REASON:
                 out["state"] = "cancelled"
         elif state == "active" and await self.raw.exists(self.keys.cancel(job_id)):

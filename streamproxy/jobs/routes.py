@@ -348,6 +348,10 @@ async def _sync_queued(
         gw.metrics.job_duration.labels("queued").observe(time.monotonic() - started)
         return _result(st["result"], mode="queued", job_id=job_id)
     if st["state"] in ("failed", "cancelled"):
+        refused = st.get("error_status")
+        if isinstance(refused, int) and 400 <= refused < 500:  # the request's fault, as on the direct path
+            gw.metrics.jobs.labels("queued", "rejected").inc()
+            return deepgram_error(refused, str(st.get("error")), request_id=job_id)
         gw.metrics.jobs.labels("queued", "failed").inc()
         msg = f"transcription failed after {st.get('attempts')} attempt(s): {st.get('error')}"
         return deepgram_error(502, msg, request_id=job_id)

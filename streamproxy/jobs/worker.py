@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
@@ -36,6 +36,7 @@ from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
 from .queue import (
     CANCELLED_REASON,
+    REJECTED_STATUS,
     TRANSCRIBE_QUEUE,
     WEBHOOK_JOB,
     WEBHOOK_QUEUE,
@@ -186,6 +187,14 @@ class JobWorker:
             }
             await self._enqueue_webhook(job, "transcription.failed", payload)
 
+    async def _refuse(self, job: Job, status: int, reason: str) -> NoReturn:
+        """Fail the job for good because of its input: ``rejected_status`` (a 4xx) in its data tells
+        a client awaiting it (the queued sync path) that the request, not an upstream, was at fault."""
+        data = job.data if isinstance(job.data, dict) else {}
+        with contextlib.suppress(Exception):
+            await job.updateData({**data, REJECTED_STATUS: status})
+        raise UnrecoverableError(reason)
+
     async def _load(self, job: Job, data: dict[str, Any]) -> bytes:
         assert self.jq is not None
         if data.get("audio_key"):
@@ -209,7 +218,7 @@ class JobWorker:
                     session=self.fetcher,
                 )
             except (UrlRefused, TooLarge) as exc:
-                raise UnrecoverableError(str(exc)) from None
+                await self._refuse(job, exc.status, str(exc))
             except FetchError as exc:
                 raise RuntimeError(str(exc)) from None
             return body
@@ -225,7 +234,7 @@ class JobWorker:
         try:
             info = probe(audio, {k: v if isinstance(v, str) else v[-1] for k, v in params.items()})
         except BadAudio as exc:
-            raise UnrecoverableError(f"bad audio: {exc}") from None
+            await self._refuse(job, 400, f"bad audio: {exc}")
         await job.updateProgress(20)
         state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, info.duration_s / self.speed))
         started = time.monotonic()
@@ -239,7 +248,7 @@ class JobWorker:
                 timeout_s=self.q.transcribe_timeout_s,
             )
         except UpstreamRejected as exc:
-            raise UnrecoverableError(str(exc)) from None
+            await self._refuse(job, exc.status, str(exc))
         took = max(time.monotonic() - started, 1e-3)
         self.speed = 0.8 * self.speed + 0.2 * max(info.duration_s / took, 0.1)
         meta = result.get("metadata")

@@ -625,6 +625,6 @@ def test_resample_keeps_a_tone_and_the_duration() -> None:
 def test_refusal_is_deepgram_shaped() -> None:
     resp = refusal(400, "bad\r\nthing", "rid-1")
     assert resp.status == 400
-    assert resp.headers["dg-error"] == "bad  thing" and resp.headers["dg-request-id"] == "rid-1"
+    assert resp.headers["dg-error"] == "bad\\r\\nthing" and resp.headers["dg-request-id"] == "rid-1"
     assert isinstance(resp.body, bytes)
     assert json.loads(resp.body) == http_error_body(400, "bad\r\nthing", request_id="rid-1")

@@ -352,3 +352,28 @@ async def test_flac_header_claiming_a_long_duration_on_the_queued_sync_path_is_t
             assert "rejected the audio" in r.headers["dg-error"]
         async with http.get(f"{s.base}/readyz") as r:
             assert r.status == 200
+
+
+async def test_control_characters_in_query_key_url_and_job_id_still_get_a_status_line(tmp_path: Path) -> None:
+    """``?%0a=1``, a URL with U+0001, ``/v1/jobs/%0a``, a resume id with a control character: the
+    text lands in dg-error/dg-request-id, which must stay valid header values (printable ASCII)
+    so the client gets its 4xx instead of a dropped connection."""
+    async with stack(tmp_path) as s, aiohttp.ClientSession() as http:
+        cases: list[tuple[str, str, dict[str, Any], int]] = [
+            ("POST", "/v1/listen?%0a=1", {"data": SHORT}, 400),
+            ("POST", "/v1/listen?%0d%0aX-Evil:%201=1", {"data": SHORT}, 400),
+            ("POST", "/v1/listen", {"json": {"url": "http://a\u0001b/x.wav"}}, 400),
+            ("POST", "/v1/listen", {"json": {"url": "http://a\u00e9\u2028b/x.wav"}}, 400),
+            ("GET", "/v1/jobs/%0a", {}, 404),
+            ("DELETE", "/v1/jobs/%01%7f", {}, 404),
+            ("GET", "/v1/listen?%0a=1", {"headers": {"Upgrade": "websocket", "Connection": "Upgrade"}}, 400),
+            ("GET", "/v1/listen?resume=%0a%01", {"headers": {"Upgrade": "websocket", "Connection": "Upgrade"}}, 404),
+        ]
+        for method, path, kw, status in cases:
+            async with http.request(method, s.base + path, **kw) as r:
+                body = await r.text()
+                assert r.status == status, (path, r.status, body)
+                assert "err_msg" in body and "X-Evil" not in r.headers
+                for name in ("dg-error", "dg-request-id"):
+                    assert all(" " <= c <= "~" for c in r.headers.get(name, "")), (path, name, r.headers[name])
+                assert r.headers["dg-error"], path

@@ -5,16 +5,18 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from ..deepgram.headers import header_value
 from ..deepgram.messages import http_error_body
 from ..gateway.limits import Refusal
 
 
 def deepgram_error(status: int, message: str, *, request_id: str = "") -> web.Response:
+    """The JSON body carries the message as is; the headers a printable-ASCII rendering of it."""
     return web.Response(
         status=status,
         body=orjson.dumps(http_error_body(status, message, request_id=request_id)),
         content_type="application/json",
-        headers={"dg-error": message[:500], "dg-request-id": request_id},
+        headers={"dg-error": header_value(message), "dg-request-id": header_value(request_id, 200)},
     )
 
 

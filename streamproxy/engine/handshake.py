@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from streamproxy.deepgram.credentials import credentials
+from streamproxy.deepgram.headers import header_value
 from streamproxy.deepgram.messages import http_error_body
 
 __all__ = ["authorized", "new_request_id", "refusal"]
@@ -39,5 +40,5 @@ def authorized(request: web.Request, api_key: str | None) -> bool:
 def refusal(status: int, message: str, request_id: str) -> web.Response:
     """A Deepgram-shaped HTTP error (400 bad parameters, 401 credentials, 429 capacity)."""
     body = orjson.dumps(http_error_body(status, message, request_id=request_id))
-    headers = {"dg-request-id": request_id, "dg-error": message.replace("\r", " ").replace("\n", " ")}
+    headers = {"dg-request-id": request_id, "dg-error": header_value(message)}
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)

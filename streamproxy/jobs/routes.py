@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import MultiMapping
 
+from ..deepgram.headers import header_value
 from ..deepgram.params import PRERECORDED_PARAMS, check_query
 from ..edge.errors import deepgram_error
 from ..edge.health import READINESS
@@ -211,7 +212,7 @@ def _result(result: Any, *, mode: str, job_id: str = "") -> web.Response:
     rid = ""
     if isinstance(result, dict) and isinstance(result.get("metadata"), dict):
         rid = str(result["metadata"].get("request_id", ""))
-    headers = {"dg-request-id": rid or job_id, "X-Streamproxy-Mode": mode}
+    headers = {"dg-request-id": header_value(rid or job_id, 200), "X-Streamproxy-Mode": mode}  # rid: upstream's
     if job_id:
         headers["X-Streamproxy-Job-Id"] = job_id
     return web.Response(body=orjson.dumps(result), content_type="application/json", headers=headers)
@@ -321,7 +322,7 @@ async def _sync_direct(
         gw.metrics.jobs.labels("sync", "rejected").inc()
         return web.Response(
             status=exc.status, body=exc.body, content_type="application/json",
-            headers={"dg-request-id": rid, "dg-error": str(exc)[:500]},
+            headers={"dg-request-id": rid, "dg-error": header_value(str(exc))},
         )  # fmt: skip
     except UpstreamUnavailable as exc:
         gw.metrics.jobs.labels("sync", "failed").inc()

@@ -123,6 +123,12 @@ def check_url(url: str, policy: UrlPolicy) -> str:
         raise UrlRefused(f"unsupported URL scheme {parts.scheme!r}: only http and https URLs are fetched")
     if not host:
         raise UrlRefused(f"URL without a host: {url[:200]!r}")
+    if any(not c.isprintable() or c.isspace() for c in url):
+        raise UrlRefused(f"invalid URL {url[:200]!r}: control or space characters")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise UrlRefused(f"invalid URL {url[:200]!r}: the host is not a valid domain name") from None
     if parts.username or parts.password:
         raise UrlRefused("URLs with credentials are not fetched")
     ip = _literal(host)

@@ -377,3 +377,33 @@ async def test_control_characters_in_query_key_url_and_job_id_still_get_a_status
                 for name in ("dg-error", "dg-request-id"):
                     assert all(" " <= c <= "~" for c in r.headers.get(name, "")), (path, name, r.headers[name])
                 assert r.headers["dg-error"], path
+
+
+async def test_bullmq_key_names_as_job_ids_are_unknown_and_touch_nothing(tmp_path: Path) -> None:
+    """``/v1/jobs/meta``, ``events``, ``active``, ``id``, ``stalled-check``, ``failed``, ``completed``,
+    ``wait``, ``paused``: BullMQ's own keys under the queue's prefix. Only ids the gateway issues
+    (UUIDs) are looked up, so each is a 404 (not a bogus job or a 503 WRONGTYPE) and a DELETE of
+    ``meta`` leaves the queue paused (Bull Board's pause lives in that hash)."""
+    from bullmq import Queue
+
+    from streamproxy.jobs.queue import bullmq_connection
+
+    async with stack(tmp_path) as s, aiohttp.ClientSession() as http:
+        async with http.post(f"{s.base}/v1/transcribe?mode=async", data=SHORT) as r:
+            assert r.status == 202
+            real = (await _json(r))["job_id"]
+        q = Queue("transcribe", {"connection": bullmq_connection(s.redis.url), "prefix": s.prefix})
+        try:
+            await q.pause()
+            names = ["meta", "events", "active", "id", "stalled-check", "failed", "completed", "wait", "paused"]
+            for name in [*names, real.upper(), real + "x", "1"]:
+                for method in ("GET", "DELETE"):
+                    async with http.request(method, f"{s.base}/v1/jobs/{name}") as r:
+                        body = await r.text()
+                        assert r.status == 404, (method, name, r.status, body)
+                        assert "unknown job id" in body and "WRONGTYPE" not in body
+            assert await q.isPaused(), "a DELETE must not wipe the queue's meta hash"
+            async with http.get(f"{s.base}/v1/jobs/{real}") as r:
+                assert r.status == 200 and (await _json(r))["state"] in ("waiting", "paused")
+        finally:
+            await q.close()

@@ -4,8 +4,10 @@ Job schema (stable; any BullMQ producer - Python, Node, Bull Board - can enqueue
 
 - queue ``transcribe`` under the key prefix ``[queue] prefix`` (default ``{streamproxy}``: the
   braces are a Redis Cluster hash tag, so all of a queue's keys live in one slot);
-- job name ``transcribe``; job id: any unique string (streamproxy uses a UUID, which is also the
-  Deepgram ``request_id`` of the result);
+- job name ``transcribe``; job id: a lowercase UUID (which is also the Deepgram ``request_id`` of
+  the result). ``/v1/jobs/{id}`` looks up only such ids: any other string could name one of
+  BullMQ's own keys under the prefix (``meta``, ``events``, ``id`` ...), so jobs of other
+  producers are visible there only with UUID ids;
 - ``data`` (JSON), exactly one audio source:
     - ``audio_key``: a Redis key holding the raw file bytes (streamproxy stores uploads at
       ``<prefix>:sp:audio:<job id>`` with a TTL and deletes the key when the job finishes), or
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -59,6 +62,7 @@ __all__ = [
     "Keys",
     "bullmq_connection",
     "connect_redis",
+    "is_job_id",
     "job_options",
 ]
 
@@ -70,6 +74,14 @@ CANCELLED_REASON = "cancelled by the client"
 #: Job data field set by the worker when the job's input was refused (the HTTP status, a 4xx).
 REJECTED_STATUS = "rejected_status"
 FINISHED = ("completed", "failed")
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_job_id(value: str) -> bool:
+    """An id of the form :meth:`JobQueue.submit` issues (checked before any Redis key is built)."""
+    return _JOB_ID.fullmatch(value) is not None
 
 
 def bullmq_connection(url: str) -> dict[str, Any]:
@@ -220,6 +232,8 @@ class JobQueue:
         return job_id
 
     async def _job(self, job_id: str, owner: str | None) -> Job | None:
+        if not is_job_id(job_id):
+            return None
         job = await Job.fromId(self.transcribe, job_id)
         if job is not None and owner is not None:
             data = job.data if isinstance(job.data, dict) else {}
@@ -229,6 +243,8 @@ class JobQueue:
 
     async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
         """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
+        if not is_job_id(job_id):
+            return None
         # State first, then the job: read the other way round, a job finishing in between would
         # show "completed" with the return value it did not have yet when it was read.
         state = await self.transcribe.getJobState(job_id)
@@ -270,6 +286,8 @@ class JobQueue:
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
         """DELETE: waiting jobs are removed, active ones are told to stop, finished ones deleted."""
+        if not is_job_id(job_id):
+            return None
         job = await self._job(job_id, owner)
         if job is None:
             tomb = await self.raw.get(self.keys.cancel(job_id))

@@ -38,7 +38,7 @@ from ..gateway.state import GATEWAY, Gateway
 from ..outbound.fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from ..upstream.prerecorded import UpstreamRejected, UpstreamUnavailable, recognize
 from .audio import BadAudio, probe
-from .queue import JobQueue, connect_redis
+from .queue import JobQueue, connect_redis, is_job_id
 from .redis_embedded import EmbeddedRedis
 from .worker import JobWorker
 
@@ -376,7 +376,7 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
     job_id = request.match_info["id"]
     if not request_authorized(gw, request):
         return deepgram_error(401, "Invalid credentials.", request_id=job_id)
-    if not job_id or len(job_id) > 200 or ":" in job_id:
+    if not is_job_id(job_id):  # e.g. "meta", "events": BullMQ's own keys, never a job
         return deepgram_error(404, f"unknown job id {job_id[:64]!r}", request_id="")
     try:
         jq = await svc.ensure(start_worker=svc.q.serve_worker)

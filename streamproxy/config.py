@@ -95,6 +95,8 @@ class SessionConfig:
     resume_grace_s: float = 30.0
     drain_timeout_s: float = 30.0
     max_message_bytes: int = 1_048_576
+    client_idle_timeout_s: float = 10.0  # no audio and no text for this long -> NET-0001 (0 = never)
+    client_write_timeout_s: float = 5.0  # a client write blocked this long -> client detached
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class ReconnectConfig:
     first_retry_s: float = 0.25
     breaker_failures: int = 3
     breaker_cooldown_s: float = 30.0
+    max_connects_per_s: float = 50.0  # per upstream, when waiting sessions reconnect after an outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +272,15 @@ _SPECS: dict[str, _Spec] = {
     "session.resume_grace_s": _non_negative(),
     "session.drain_timeout_s": _non_negative(),
     "session.max_message_bytes": _int_range(1024),
+    "session.client_idle_timeout_s": _non_negative(),
+    "session.client_write_timeout_s": _positive(),
     "reconnect.base_s": _positive(),
     "reconnect.cap_s": _positive(),
     "reconnect.max_attempts": _int_range(0),
     "reconnect.first_retry_s": _non_negative(),
     "reconnect.breaker_failures": _int_range(1),
     "reconnect.breaker_cooldown_s": _positive(),
+    "reconnect.max_connects_per_s": _positive(),
     "queue.redis_url": _Spec('"" or a redis://, rediss:// or unix:// URL', _is_redis_url),
     "queue.prefix": _non_empty(),
     "queue.concurrency": _int_range(1, 10000),

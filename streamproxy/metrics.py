@@ -69,6 +69,17 @@ class Metrics:
             registry=r,
         )
         self.fatal = Counter(p + "upstream_fatal_errors_total", "Sessions ended by a fatal upstream error", registry=r)
+        self.upstream_invalid = Counter(
+            p + "upstream_invalid_messages_total",
+            "Upstream messages that were not valid Deepgram (never shown to clients; connection dropped)",
+            ["upstream", "kind"],
+            registry=r,
+        )
+        self.audio_lost = Counter(
+            p + "audio_lost_seconds_total",
+            "Audio never transcribed because a session had to end before its upstream answered",
+            registry=r,
+        )
         self.jobs = Counter(p + "jobs_total", "File jobs by mode and status", ["mode", "status"], registry=r)
         self.queue_depth = Gauge(p + "queue_depth", "Jobs waiting in the queue", registry=r)
         self.job_duration = Histogram(

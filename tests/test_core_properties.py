@@ -103,12 +103,17 @@ def test_overflow_is_counted_not_silent() -> None:
     assert degraded and degraded[-1]["dropped_s"] > 0
 
 
-def test_close_timeout_bounds_the_close_during_an_outage() -> None:
-    """The upstream never comes back: the close still ends within close_timeout_s with a Metadata."""
+def test_close_during_an_endless_outage_says_what_was_lost() -> None:
+    """The upstream never comes back: the client, still there after CloseStream, is waited for up to
+    close_timeout_s + buffer_seconds, then told how much audio could not be transcribed (an Error and
+    1011), never a silent Metadata and 1000."""
     sr = 8000
     audio = build_audio([("word", 3, 100), ("sil", 0, 100)], sr)
-    s = SessionSettings(max_attempts=0, close_timeout_s=2.0, stall_timeout_s=1000.0)
+    s = SessionSettings(max_attempts=3, close_timeout_s=2.0, buffer_seconds=5.0, stall_timeout_s=1000.0)
     w = World(audio=audio, sr=sr, chunks=[3200], faults=[Fault(1, "handshake503")] * 500, settings=s)
     got, core = w.run()
-    assert core.done and got[-1]["type"] == "Metadata"
+    assert core.done and got[-1]["type"] == "Error"
+    assert got[-1]["err_code"] == "UNTRANSCRIBED_AUDIO" and "0.20 s of audio" in got[-1]["description"]
+    assert core.stats.lost_bytes == len(audio)
+    assert not any(m.get("type") == "Metadata" for m in got)
     assert words_of(got) == []  # nothing could be transcribed, and nothing was invented

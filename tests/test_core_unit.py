@@ -41,7 +41,8 @@ def test_stall_timeout_escalates_for_an_upstream_that_is_silent_during_long_spee
     assert 10.0 <= stalls[0] <= 10.2
     assert 30.0 <= stalls[1] <= 30.3
     # any upstream message resets the escalation
-    core.upstream_message(core.gen, '{"type":"Results","start":0,"duration":0.1,"is_final":false}', t)
+    valid = '{"type":"Results","start":0,"duration":0.1,"is_final":false,"channel":{"alternatives":[]}}'
+    core.upstream_message(core.gen, valid, t)
     assert core._stall_timeout == 10.0
 
 
@@ -82,7 +83,7 @@ def test_overflow_before_connecting_keeps_a_pending_finalize() -> None:
     for data in sent:
         events = rec.finalize() if data == FINALIZE else rec.feed(data) if isinstance(data, bytes) else []
         for msg in to_json(events, sr):
-            for a in core.upstream_message(core.gen, orjson.dumps(msg), 2.1):
+            for a in core.upstream_message(core.gen, orjson.dumps(msg).decode(), 2.1):
                 if isinstance(a, SendClient):
                     client.append(orjson.loads(a.data))
     finals = [m for m in client if m.get("type") == "Results" and m.get("is_final")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
+from collections.abc import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -19,6 +20,21 @@ from .middleware import REQUEST_ID, principal_of, request_authorized
 from .params import ParamError, parse_params
 
 log = logging.getLogger("streamproxy.edge")
+
+
+#: WebSocket ping interval toward clients; no pong within half of it closes the socket.
+PING_INTERVAL_S = 10.0
+
+
+def _aborter(request: web.Request) -> Callable[[], None]:
+    """Drop the client's TCP connection at once (a client that stops reading never takes a close)."""
+    transport = request.transport
+
+    def abort() -> None:
+        if transport is not None:
+            transport.abort()
+
+    return abort
 
 
 def owner_of(request: web.Request) -> str:
@@ -62,14 +78,14 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
             protocols=("token", "bearer"),
             max_msg_size=gw.cfg.limits.max_frame_bytes,
             autoping=True,
-            heartbeat=None,
+            heartbeat=PING_INTERVAL_S,  # a half-open socket is noticed (no pong) and the session ends
             compress=False,
         )
         ws.headers["dg-request-id"] = sid
         await ws.prepare(request)
         if resumed is not None:
             try:
-                resumed.resume(ws, params.last_seq or 0, params.audio_offset)
+                resumed.resume(ws, params.last_seq or 0, params.audio_offset, abort=_aborter(request))
             except ResumeError as e:
                 await ws.send_str(orjson.dumps(error_message("RESUME_FAILED", str(e), "ProxyError")).decode())
                 await ws.close(code=1008, message=b"resume failed")
@@ -77,8 +93,8 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
             runner = resumed
         else:
             runner = gw.open_session(
-                sid, params.fmt, params.upstream_query, ws, owner=owner, lease=lease,
-                proxy_events=params.proxy_events,
+                sid, params.fmt, params.upstream_query, ws, abort=_aborter(request), owner=owner,
+                lease=lease, proxy_events=params.proxy_events,
             )  # fmt: skip
         await _pump(ws, runner)
         return ws
@@ -102,6 +118,8 @@ async def _pump(ws: web.WebSocketResponse, runner: SessionRunner) -> None:
             elif msg.type == WSMsgType.ERROR:
                 runner.outcome = "client_error"
                 break
+            if runner.client_backlogged:  # the client is not reading: stop reading from it too
+                await runner.client_writable()
     except (ConnectionError, RuntimeError):
         runner.outcome = "client_error"
     finally:

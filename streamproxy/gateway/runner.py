@@ -36,6 +36,7 @@ from ..session.core import (
 )
 from ..upstream.connection import HandshakeError, UpstreamSocket, open_upstream
 from ..upstream.pool import Upstream, UpstreamPool
+from ..upstream.recovery import Recovery
 from .limits import Lease
 
 log = logging.getLogger("streamproxy.session")
@@ -43,6 +44,12 @@ log = logging.getLogger("streamproxy.session")
 #: The core's clock. Not ``loop.time()``: uvloop's has millisecond resolution, which would
 #: quantise every latency measurement to whole milliseconds.
 clock = time.monotonic
+
+#: Client backlog (bytes queued for a client that is not reading): reading from it pauses above
+#: HIGH and resumes below LOW; past MAX the client is detached as if its writes had timed out.
+CLIENT_BACKLOG_HIGH = 256 * 1024
+CLIENT_BACKLOG_LOW = 64 * 1024
+CLIENT_BACKLOG_MAX = 4 * 1024 * 1024
 
 
 class ClientSocket(Protocol):
@@ -65,9 +72,18 @@ class SessionRunner:
         on_done: Callable[[SessionRunner], None] | None = None,
         max_message_bytes: int = 1_048_576,
         max_duration_s: float = 0.0,
+        client_write_timeout_s: float = 5.0,
+        recovery: Recovery | None = None,
         http: aiohttp.ClientSession,
     ) -> None:
         self.core = core
+        self.recovery = recovery
+        self.client_write_timeout_s = client_write_timeout_s
+        self.client_abort: Callable[[], None] | None = None  # drops the client's socket without a close
+        self._client_bytes = 0  # queued for the client, not yet written
+        self._client_writable = asyncio.Event()
+        self._client_writable.set()
+        self._invalid_logged = 0  # the connection generation whose invalid message was logged
         self.max_duration_s = max_duration_s  # > 0: finalised and closed (1000) at this age
         self._max_timer: asyncio.TimerHandle | None = None
         self.lease: Lease | None = None  # the per-key slot, released when the session ends
@@ -102,6 +118,7 @@ class SessionRunner:
                 self._to_up.append(a.data)
             elif type(a) is SendClient:
                 self._to_client.append(a.data)
+                self._client_bytes += len(a.data)
             elif type(a) is Observe:
                 if a.kind is Latency.FIRST_WORD:
                     self.metrics.first_word.observe(a.seconds)
@@ -122,19 +139,56 @@ class SessionRunner:
         if self._to_up and up is not None and self._up_flusher is not up:
             self._up_flusher = up
             self.loop.create_task(self._flush_up(up))
-        if self._to_client and not self._client_flushing:
-            self._client_flushing = True
-            self.loop.create_task(self._flush_client())
+        self._kick_client()
 
     async def flush(self) -> None:
-        """Write what is queued from the calling task: no task per frame on the hot path."""
+        """Write upstream-bound data from the calling task (no task per frame on the hot path);
+        client-bound data goes to the client's own writer, so a client that stops reading can
+        never hold up the upstream side."""
         up = self.up
         if self._to_up and up is not None and self._up_flusher is not up:
             self._up_flusher = up
             await self._flush_up(up)
+        self._kick_client()
+
+    def _kick_client(self) -> None:
         if self._to_client and not self._client_flushing:
             self._client_flushing = True
-            await self._flush_client()
+            self.loop.create_task(self._flush_client())
+        if self._client_bytes > CLIENT_BACKLOG_HIGH:
+            self._client_writable.clear()
+            if self._client_bytes > CLIENT_BACKLOG_MAX:
+                self._client_stuck("backlog")
+
+    @property
+    def client_backlogged(self) -> bool:
+        return not self._client_writable.is_set()
+
+    async def client_writable(self) -> None:
+        """Wait until the client has read enough of its backlog (or was detached)."""
+        await self._client_writable.wait()
+
+    def _client_stuck(self, why: str) -> None:
+        """The client stopped reading: drop its socket; the session stays resumable if it can be."""
+        if self.client is None or self.finished.is_set():
+            return
+        log.info(
+            "client not reading: detached",
+            extra={"event": "client_slow", "session_id": self.core.session_id, "reason": why},
+        )
+        abort, self.client_abort = self.client_abort, None
+        self.outcome = "client_slow"
+        self._drop_client_queue()
+        if abort is not None:
+            abort()
+        self.client_gone()
+        if self.outcome == "client_gone":
+            self.outcome = "client_slow"
+
+    def _drop_client_queue(self) -> None:
+        self._to_client.clear()
+        self._client_bytes = 0
+        self._client_writable.set()
 
     def _count(self, a: Count) -> None:
         m = self.metrics
@@ -142,6 +196,16 @@ class SessionRunner:
         # upstream last tried, never "".
         name = self.upstream.name if self.upstream else (self._last_upstream or "")
         match a.name:
+            case Counter.INVALID:
+                m.upstream_invalid.labels(name, a.label).inc()
+                if self._invalid_logged != self.core.gen:
+                    self._invalid_logged = self.core.gen  # once per connection
+                    log.warning(
+                        "invalid upstream message: connection dropped",
+                        extra={"event": "upstream_invalid", "upstream": name, "kind": a.label},
+                    )
+            case Counter.LOST_S:
+                m.audio_lost.inc(a.value)
             case Counter.RECONNECT:
                 m.upstream_reconnects.labels(name, a.label).inc()
             case Counter.REPLAYED_S:
@@ -177,17 +241,24 @@ class SessionRunner:
         try:
             while self._to_client:
                 data = self._to_client.popleft()
+                self._client_bytes -= len(data)
+                if self._client_bytes < CLIENT_BACKLOG_LOW:
+                    self._client_writable.set()
                 client = self.client
                 if client is None:
-                    self._to_client.clear()  # detached: a resumed client gets it from the outbox
+                    self._drop_client_queue()  # detached: a resumed client gets it from the outbox
                     break
                 try:
-                    if isinstance(data, str):
-                        await client.send_str(data)
-                    else:
-                        await client.send_bytes(data)
+                    async with asyncio.timeout(self.client_write_timeout_s):
+                        if isinstance(data, str):
+                            await client.send_str(data)
+                        else:
+                            await client.send_bytes(data)
+                except TimeoutError:
+                    self._client_stuck("write timeout")
+                    break
                 except (ConnectionError, RuntimeError):
-                    self._to_client.clear()
+                    self._drop_client_queue()  # the socket is gone: its reader ends the session
                     break
         finally:
             self._client_flushing = False
@@ -237,9 +308,14 @@ class SessionRunner:
 
     async def _upstream_loop(self, a: Connect) -> None:
         core = self.core
-        if a.delay > 0:
+        recovery = self.recovery
+        if recovery is not None:
+            await recovery.wait(a.delay, self)  # cut short when an upstream answers again
+        elif a.delay > 0:
             await asyncio.sleep(a.delay)
         upstream = self.pool.choose(avoid=self._last_upstream if a.reason != "initial" else None)
+        if recovery is not None and a.reason != "initial":
+            await recovery.pace(upstream.name)  # reconnects after an outage arrive spread out
         if self._last_upstream and upstream.name != self._last_upstream:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
@@ -264,12 +340,21 @@ class SessionRunner:
         got_message = False
         while (msg := await ws.receive()) is not None:
             t0 = time.perf_counter()
-            if not got_message:
+            try:
+                actions = core.upstream_message(a.gen, msg, clock())
+            except Exception:  # a bug must not end the read loop silently: fail this connection
+                log.exception("upstream message handling failed", extra={"event": "upstream_message_error"})
+                actions = core.upstream_invalid(a.gen, "exception", clock())
+            if not got_message and core.gen == a.gen:
                 got_message = True
                 self.pool.success(upstream.name)
-            self.apply(core.upstream_message(a.gen, msg, clock()), inline=True)
+                if recovery is not None and a.reason != "initial":
+                    recovery.reconnected(self)
+            self.apply(actions, inline=True)
             await self.flush()
             self.metrics.overhead_downstream.observe(time.perf_counter() - t0)
+            if core.gen != a.gen:
+                return  # the core dropped this connection (an invalid message): replaced already
         code, reason = ws.close_code, ws.close_reason  # code None: died without a close frame
         if a.gen != core.gen:
             return  # dropped on purpose (stall, new connection): the core already moved on
@@ -314,7 +399,9 @@ class SessionRunner:
             if t is not None:
                 t.cancel()
         self._drop_upstream()
-        self._to_client.clear()
+        self._drop_client_queue()
+        if self.recovery is not None:
+            self.recovery.release(self)
         self.finished.set()
         if self.on_done is not None:
             self.on_done(self)
@@ -388,19 +475,28 @@ class SessionRunner:
         self.apply(self.core.client_detached(clock()))
         if self.core.detached:
             self.client = None
-            self._to_client.clear()
+            self.client_abort = None
+            self._drop_client_queue()
 
-    def resume(self, client: ClientSocket, last_seq: int, audio_offset: int | None) -> None:
+    def resume(
+        self,
+        client: ClientSocket,
+        last_seq: int,
+        audio_offset: int | None,
+        abort: Callable[[], None] | None = None,
+    ) -> None:
         """Attach a reconnected client; raises ResumeError (and leaves the session as it was)."""
         now = clock()
         old = self.client
         if not self.core.detached:
             self.apply(self.core.client_detached(now))  # the old socket has not noticed its drop yet
             self.client = None
+            self._drop_client_queue()
             if old is not None:
                 self.loop.create_task(old.close(code=4000, message=b"session resumed elsewhere"))
         actions = self.core.client_resumed(last_seq, audio_offset, now)
         self.client = client
+        self.client_abort = abort
         self.outcome = "ok"
         self.apply(actions)
 
@@ -425,5 +521,7 @@ class SessionRunner:
             "latency_p95_ms": pct(0.95),
             "first_word_ms": None if st.first_word_latency is None else round(st.first_word_latency * 1000, 1),
             "close_code": self.close_code,
+            "lost_s": round(fmt.bytes_to_seconds(st.lost_bytes), 3),
+            "invalid_messages": st.invalid,
             "error": st.fatal,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -16,6 +17,7 @@ from ..metrics import Metrics
 from ..session.core import Session, SessionSettings
 from ..upstream.connection import client_session
 from ..upstream.pool import UpstreamPool
+from ..upstream.recovery import Recovery
 from .limits import Lease, Limiter
 from .registry import SessionRegistry
 from .runner import ClientSocket, SessionRunner, clock
@@ -33,6 +35,7 @@ class Gateway:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False
     _http: aiohttp.ClientSession | None = None
+    _recovery: Recovery | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,13 @@ class Gateway:
         if self._http is None or self._http.closed:
             self._http = client_session()
         return self._http
+
+    @property
+    def recovery(self) -> Recovery:
+        """Reconnect coordination shared by every session of this gateway."""
+        if self._recovery is None:
+            self._recovery = Recovery(max_connects_per_s=self.cfg.reconnect.max_connects_per_s)
+        return self._recovery
 
     def settings(self, proxy_events: bool, *, resumable: bool = True) -> SessionSettings:
         s, r = self.cfg.session, self.cfg.reconnect
@@ -60,6 +70,7 @@ class Gateway:
             max_attempts=r.max_attempts,
             proxy_events=proxy_events,
             resume_grace_s=s.resume_grace_s if resumable else 0.0,
+            client_idle_timeout_s=s.client_idle_timeout_s,
         )
 
     def open_session(
@@ -69,6 +80,7 @@ class Gateway:
         upstream_query: str,
         client: ClientSocket,
         *,
+        abort: Callable[[], None] | None = None,
         owner: str,
         lease: Lease,
         proxy_events: bool,
@@ -85,8 +97,11 @@ class Gateway:
             on_done=self._session_done,
             max_message_bytes=self.cfg.session.max_message_bytes,
             max_duration_s=self.cfg.limits.max_session_s,
+            client_write_timeout_s=self.cfg.session.client_write_timeout_s,
+            recovery=self.recovery,
             http=self.http,
         )
+        runner.client_abort = abort
         runner.owner = owner
         runner.lease = lease
         self.sessions.add(runner)

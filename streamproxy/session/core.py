@@ -23,6 +23,7 @@ import orjson
 
 from ..deepgram.encodings import AudioFormat
 from ..deepgram.messages import CLOSE_STREAM, FINALIZE, KEEPALIVE, error_message, metadata_message
+from ..deepgram.validate import live_problem
 from .ring import RingBuffer
 
 #: Upstream close codes that mean "do not retry": the request itself is wrong.
@@ -45,6 +46,7 @@ class SessionSettings:
     proxy_events: bool = False
     resume_grace_s: float = 0.0  # > 0 (with proxy_events) keeps a dropped client's session resumable
     outbox_max: int = 1024  # delivered messages kept for a resuming client
+    client_idle_timeout_s: float = 0.0  # > 0: no audio and no message from the client -> NET-0001, 1011
 
 
 # ----------------------------------------------------------------------------- actions
@@ -95,6 +97,8 @@ class Counter(enum.Enum):
     DROPPED_S = "dropped_s"
     DUPLICATE = "duplicate"
     FATAL = "fatal"
+    INVALID = "invalid"  # label: what was wrong with an upstream message (bounded values)
+    LOST_S = "lost_s"  # audio that could not be transcribed when the session had to end
 
 
 @dataclass(slots=True)
@@ -144,6 +148,8 @@ class SessionStats:
     latencies: list[float] = field(default_factory=list)
     first_word_latency: float | None = None
     fatal: str | None = None
+    invalid: int = 0  # upstream messages that were not valid Deepgram
+    lost_bytes: int = 0  # audio never covered by a final when the session ended
 
 
 def full_jitter_delay(attempt: int, s: SessionSettings, rng: random.Random) -> float:
@@ -197,12 +203,15 @@ class Session:
         self.attempt = 0
         self.base = 0  # absolute byte position the current upstream's time 0 maps to
         self.sent_pos = 0  # absolute byte position sent to the current upstream
-        self._unanswered_since: float | None = None  # first send after the last upstream message
+        self._unanswered_since: float | None = None  # first audio sent since the upstream last spoke
+        self._last_sent_at = now  # last audio frame sent upstream
         self._controls_pending = 0  # Finalize/CloseStream sent on this connection, not yet answered
         self._stall_strikes = 0  # stalls since the upstream last said anything
         self._control_since: float | None = None
         self._finalize_owed = 0  # client Finalize/CloseStream whose final the client has not had yet
         self._last_activity = now  # last client audio or keepalive sent upstream
+        self._last_client_input = now  # last audio or message from the client (idle timeout)
+        self._idle_closed = False
 
         # Delivery state (client timeline, in samples).
         self.delivered_end: dict[int, int] = {}  # per channel: end of last delivered final
@@ -221,6 +230,7 @@ class Session:
         self.client_gone = False  # nothing more can be sent to the client
         self.close_code = 1000
         self._close_deadline: float | None = None
+        self._close_started: float | None = None
         self._metadata: dict[str, Any] | None = None
         self._close_answered = False  # this connection delivered CloseStream's trailing results
 
@@ -299,6 +309,7 @@ class Session:
             self._resume_pos = None
         self.client_pos += len(data)
         self.stats.audio_bytes += len(data)
+        self._last_client_input = now
         if self.fmt.raw:  # container audio has no byte->time mapping, so no latency to measure
             self._arrivals.append((self.client_pos, now))
         self._last_activity = now
@@ -332,8 +343,11 @@ class Session:
         if self.connected:
             self._actions.append(SendUpstream(frame))
             self.sent_pos = self.framed_pos
-            if self._unanswered_since is None:
+            # After a pause in the audio the upstream may rightly have been quiet: the window in
+            # which silence from it is a stall starts again with the audio.
+            if self._unanswered_since is None or now - self._last_sent_at > self._stall_gap:
                 self._unanswered_since = now
+            self._last_sent_at = now
 
     def _on_overflow(self, dropped: int) -> None:
         self.stats.dropped_bytes += dropped
@@ -355,6 +369,8 @@ class Session:
         except orjson.JSONDecodeError:
             kind = None
             msg = None
+        if kind in ("KeepAlive", "Finalize", "CloseStream"):
+            self._last_client_input = now
         if kind == "KeepAlive":
             if self.connected and not self.closing:
                 self._actions.append(SendUpstream(KEEPALIVE))
@@ -411,6 +427,7 @@ class Session:
             self._partial.clear()
             self._partial_since = None
         self._close_deadline = now + self.s.close_timeout_s
+        self._close_started = now
         if not self.connected and not self.ring.nbytes:
             self._finish(self.close_code, "stream closed")  # nothing left to transcribe
         elif self.connected:
@@ -431,6 +448,15 @@ class Session:
             )
             meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
             self._deliver(meta)
+        if self._idle_closed and not self.stats.fatal:
+            self._emit_client(
+                error_message(
+                    "NET-0001",
+                    "No audio data or text message was received within the timeout window "
+                    f"({self.s.client_idle_timeout_s:g} s); send KeepAlive while idle.",
+                    "NetworkError",
+                )
+            )
         if self.connected:
             self._actions.append(DropUpstream("session finished"))
             self.connected = False
@@ -466,6 +492,8 @@ class Session:
         self._last_activity = now
         if self.closing:
             self._send_control(CLOSE_STREAM, now)
+            if self._close_deadline is not None:  # each replacement gets the whole close wait
+                self._close_deadline = max(self._close_deadline, now + self.s.close_timeout_s)
         self._status("connected")
         return self._take()
 
@@ -505,33 +533,55 @@ class Session:
         self.attempt += 1
         self.stats.reconnects += 1
         self._actions.append(Count(Counter.RECONNECT, 1, reason))
-        if self.s.max_attempts and self.attempt > self.s.max_attempts:
+        if self.s.max_attempts and self.attempt > self.s.max_attempts and (self.client_gone or self.detached):
+            # While the client is there the session never gives up (it is told, and the ring keeps
+            # buffer_seconds); without one, an endless outage must end somewhere.
             self._fatal(f"upstream unavailable after {self.attempt - 1} attempts ({reason})", code=1011)
             return
-        delay = full_jitter_delay(self.attempt, self.s, self.rng)
+        delay = 0.0 if reason == "invalid" else full_jitter_delay(self.attempt, self.s, self.rng)
         self._status("reconnecting", reason=reason, retry_in_s=round(delay, 3))
         self._connect(now, delay=delay, reason=reason)
 
     def _fatal(self, description: str, *, code: int) -> None:
         self.stats.fatal = description
+        self._record_loss()
         self._actions.append(Count(Counter.FATAL, 1))
         self._emit_client(error_message("UPSTREAM_ERROR", description, "UpstreamError"))
         self._finish(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1011, "upstream error")
+
+    def upstream_invalid(self, gen: int, problem: str, now: float) -> list[Action]:
+        """The upstream sent something that is not valid Deepgram (or handling it failed): never
+        shown to the client; the connection is dropped and the ring replayed elsewhere at once."""
+        if gen != self.gen or self.done:
+            return self._take()
+        self.stats.invalid += 1
+        self._actions.append(Count(Counter.INVALID, 1, problem))
+        self._actions.append(DropUpstream("invalid message"))
+        self._retry(now, "invalid")
+        return self._take()
+
+    def _record_loss(self) -> None:
+        if self.fmt.raw and self.ring.nbytes and not self.stats.lost_bytes:
+            self.stats.lost_bytes = self.ring.nbytes
+            self._actions.append(Count(Counter.LOST_S, self.fmt.bytes_to_seconds(self.ring.nbytes)))
 
     def upstream_message(self, gen: int, text: str | bytes, now: float) -> list[Action]:
         """A message from the upstream: rebase, de-duplicate, acknowledge, deliver."""
         if gen != self.gen or self.done:
             return self._take()
+        if isinstance(text, bytes | bytearray | memoryview) and not isinstance(text, str):
+            return self.upstream_invalid(gen, "binary", now)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return self.upstream_invalid(gen, "not_json", now)
+        problem = live_problem(msg)
+        if problem is not None:
+            return self.upstream_invalid(gen, problem, now)
         self._unanswered_since = None
         self._stall_strikes = 0
         if self.attempt:
             self.attempt = 0  # the connection works: the next failure starts the backoff again
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return self._take()
-        if not isinstance(msg, dict):
-            return self._take()
         kind = msg.get("type")
         if kind == "Results":
             self._on_results(msg, text, now)
@@ -671,6 +721,7 @@ class Session:
                 "audio would be lost"
             )
         self.phase = Phase.STREAMING
+        self._last_client_input = now
         self._detach_deadline = None
         self._resume_pos = audio_offset if audio_offset is not None else self.client_pos
         self._status("resumed", audio_bytes_received=self.client_pos, last_seq=self.seq)
@@ -716,6 +767,8 @@ class Session:
         stall_since = self._stall_since()
         if self.connected and stall_since is not None:
             cands.append(stall_since + self._stall_timeout)
+        if self.s.client_idle_timeout_s > 0 and self.phase is Phase.STREAMING:
+            cands.append(self._last_client_input + self.s.client_idle_timeout_s)
         if self._close_deadline is not None and not self.done:
             cands.append(self._close_deadline)
         if self._detach_deadline is not None:
@@ -745,15 +798,56 @@ class Session:
         if self.connected and not self.closing and now >= self._last_activity + self.s.keepalive_s:
             self._actions.append(SendUpstream(KEEPALIVE))
             self._last_activity = now
-        if self.connected and (since := self._stall_since()) is not None and now >= since + self._stall_timeout:
+        if self.connected and self._stalled(now):
             self._stall_strikes += 1
             self._actions.append(DropUpstream("stall"))
             self._retry(now, "stall")
+        idle = self.s.client_idle_timeout_s
+        if idle > 0 and self.phase is Phase.STREAMING and now >= self._last_client_input + idle:
+            self._idle_closed = True
+            self.close_code = 1011
+            self._begin_close(now)  # trailing results of what was received, then the Error
         if self._detach_deadline is not None and now >= self._detach_deadline:
             self._detach_deadline = None
             self.phase = Phase.STREAMING  # the close below takes it on to CLOSING
             self.client_gone = True
             self._begin_close(now)  # grace window over: finish the upstream side cleanly
-        if self._close_deadline is not None and now >= self._close_deadline:
-            self._finish(self.close_code, "close timeout")
+        if self._close_deadline is not None and now >= self._close_deadline and not self.done:
+            self._close_due(now)
         return self._take()
+
+    def _stalled(self, now: float) -> bool:
+        """No message while an answer is owed: an unanswered Finalize/CloseStream, or audio that
+        kept flowing for the whole stall timeout. A client that only sends KeepAlive owes nothing."""
+        timeout = self._stall_timeout
+        if self._control_since is not None and now >= self._control_since + timeout:
+            return True
+        since = self._unanswered_since
+        if since is None or now < since + timeout:
+            return False
+        if now - self._last_sent_at > self._stall_gap:
+            self._unanswered_since = None  # the audio stopped: nothing more is owed for it
+            return False
+        return True
+
+    @property
+    def _stall_gap(self) -> float:
+        """A pause in the audio longer than this ends the window in which upstream silence is a stall."""
+        return self.s.stall_timeout_s / 2
+
+    def _close_due(self, now: float) -> None:
+        """The close wait is over. With audio still unacknowledged and the client waiting, keep going
+        (reconnects continue) up to ``buffer_seconds`` more; after that, say what was lost."""
+        if not self.ring.nbytes or not self.fmt.raw:
+            self._finish(self.close_code, "close timeout")
+            return
+        started = self._close_started if self._close_started is not None else now
+        if not self.client_gone and now < started + self.s.close_timeout_s + self.s.buffer_seconds:
+            self._close_deadline = now + self.s.close_timeout_s
+            return
+        self._record_loss()
+        lost = self.fmt.bytes_to_seconds(self.stats.lost_bytes)
+        description = f"{lost:.2f} s of audio could not be transcribed: the upstream did not answer in time"
+        self.stats.fatal = description
+        self._emit_client(error_message("UNTRANSCRIBED_AUDIO", description, "UpstreamError"))
+        self._finish(1011, "audio not transcribed")

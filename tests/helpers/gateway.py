@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from streamproxy.config import Config, load_config
-from streamproxy.engine.server import start_engine
+from streamproxy.engine.app import start_engine
 from streamproxy.serve import Running, start
 
 

@@ -218,7 +218,7 @@ class World:
                     upstream = None
                     handle(core.upstream_closed(gen, 1000, "", now))
                 else:
-                    handle(core.upstream_message(gen, m, now))
+                    handle(core.upstream_message(gen, m.decode(), now))  # a text frame
             dl = core.next_deadline()
             if dl is not None and dl <= now:
                 handle(core.tick(now))

@@ -284,7 +284,7 @@ async def twilio_ws(request: web.Request) -> web.StreamResponse:
     # but a wrong one from another sender is refused here.
     if credentials(request.headers) and not request_authorized(gw, request):
         return deepgram_error(401, "Invalid credentials.")
-    ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True, heartbeat=None, compress=False)
+    ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True, heartbeat=10.0, compress=False)
     await ws.prepare(request)
     stream = TwilioStream(gw, hubs, request, ws)
     t0 = time.monotonic()

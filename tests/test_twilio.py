@@ -337,7 +337,7 @@ async def test_keys_token_parameter_and_subscriber_ownership() -> None:
                 async with http.get(url) as r:
                     assert r.status == 401
                 async with http.get(url, headers={"Authorization": f"Token {bob}"}) as r:
-                    assert r.status == 403
+                    assert r.status == 404  # session ids are namespaced by key: not Bob's to know of
                 async with http.get(url, headers={"Authorization": "Token nope"}) as r:
                     assert r.status == 401
 
@@ -404,3 +404,102 @@ async def test_pocketsphinx_call_transcript_reaches_subscriber(tmp_path: Path) -
     assert words[-1][2] <= len(ulaw) / SR8
     assert any(d.get("type") == "Results" and not d["is_final"] for _, n, d in got if n == "message")
     assert got[-1][1] == "end" and got[-1][2]["close_code"] == 1000
+
+
+# ----------------------------------------------------------------------------- hostile senders
+def _media(i: int, timestamp_ms: int, payload: bytes = bytes([0xFF]) * FRAME) -> dict[str, Any]:
+    media = {"track": "inbound", "chunk": str(i + 1), "timestamp": str(timestamp_ms)}
+    media["payload"] = base64.b64encode(payload).decode()
+    return {"event": "media", "streamSid": STREAM_SID, "media": media}
+
+
+async def test_timestamps_jumping_59_s_each_generate_silence_bounded_by_the_call_time() -> None:
+    """12 media frames whose timestamps jump 59 s each (under the 60 s refusal), sent in a burst:
+    the gateway would generate 649 s of (billed) silence upstream in a fraction of a second. Silence
+    is generated only up to the call's elapsed time (plus 2 s), the frames' audio is all placed."""
+    start, *_rest = twilio_events(b"")[1:2]
+    events = [start] + [_media(i, 59_000 * i) for i in range(12)]
+    events.append({"event": "stop", "streamSid": STREAM_SID, "stop": {}})
+    async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+        sub = asyncio.create_task(subscribe(gw.port, STREAM_SID))
+        await asyncio.sleep(0.1)
+        assert await send_call(gw.port, events, pace_every=1000) == 1000
+        got = await asyncio.wait_for(sub, 20)
+    end = got[-1][2]
+    assert got[-1][1] == "end"
+    assert end["filled_s"] <= 3.0, end
+    assert end["audio_s"] == pytest.approx(end["filled_s"] + 12 * 0.02)
+
+
+async def test_megabyte_marks_and_a_flood_of_marks_keep_the_backlog_bounded_in_bytes() -> None:
+    """20 marks with 400 KB names (8 MB) and 600 marks of 3 KB (1.8 MB): a mark/dtmf body over
+    4 KB is dropped (counted in ``end``), and a finished call's backlog holds at most 1 MiB, so a
+    late subscriber replays a bounded amount; an ordinary mark still gets through."""
+    ulaw, _expected = _marker_ulaw()
+    events = twilio_events(ulaw[: 10 * FRAME])
+    stop = events.pop()
+    huge = [{"event": "mark", "streamSid": STREAM_SID, "mark": {"name": "x" * 400_000}} for _ in range(20)]
+    many = [{"event": "mark", "streamSid": STREAM_SID, "mark": {"name": f"{i:05d}" + "y" * 3000}} for i in range(600)]
+    async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+        assert await send_call(gw.port, [*events, *huge, *many, stop], pace_every=50) == 1000
+        late = await subscribe(gw.port, STREAM_SID, wait=0)
+    replayed = sum(len(orjson.dumps(d)) for _, _, d in late)
+    assert replayed <= (1 << 20) + 8192, replayed
+    names = [d.get("name", "") for _, n, d in late if n == "mark"]
+    assert not [n for n in names if n.startswith("x")], "oversized marks are not kept"
+    assert names and names[-1].startswith("00599"), "the newest marks are kept"
+    end = late[-1][2]
+    assert late[-1][1] == "end" and end["dropped_events"] == 20 and end["marks"] == 621
+
+
+async def _first_event(port: int, sid: str, key: str) -> tuple[int, Any]:
+    """(status, the first SSE event's data or the error body) for ``key``'s view of ``sid``."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"http://127.0.0.1:{port}/v1/sessions/{sid}/events?wait=0", headers={"Authorization": f"Token {key}"}
+        ) as r,
+    ):
+        if r.status != 200:
+            return r.status, await r.text()
+        async for _id, _name, data in sse_events(r):
+            return 200, data
+    return 200, None
+
+
+async def test_another_keys_call_sid_and_stream_sid_do_not_lock_the_owner_out() -> None:
+    """Bob starts a stream with Alice's streamSid before her, and another with her callSid after
+    her: session ids are namespaced by key, so Alice starts her stream and reads her own events by
+    either id, and Bob reads only his."""
+    ulaw, _ = _marker_ulaw()
+    alice, bob = "key-alice-123", "key-bob-456"
+
+    def opening(key: str, stream_sid: str) -> list[str]:
+        evs = twilio_events(ulaw[: 5 * FRAME], custom={"token": key}, stream_sid=stream_sid)[:-2]  # no mark/stop
+        return [orjson.dumps(e).decode() for e in evs]
+
+    async with engine("marker") as eport:
+        async with gateway(gateway_config([f"ws://127.0.0.1:{eport}"]), client_keys=(alice, bob)) as gw:
+            url = f"ws://127.0.0.1:{gw.port}/v1/twilio"
+            async with aiohttp.ClientSession() as http:
+                squat = await http.ws_connect(url)  # Bob first, on Alice's streamSid
+                for frame in opening(bob, STREAM_SID):
+                    await squat.send_str(frame)
+                await asyncio.sleep(0.2)
+                mine = await http.ws_connect(url)
+                for frame in opening(alice, STREAM_SID):
+                    await mine.send_str(frame)
+                await asyncio.sleep(0.2)
+                assert not mine.closed, "Alice's stream must not be refused as 'already active'"
+                late = await http.ws_connect(url)  # Bob again, after her, on her callSid
+                for frame in opening(bob, "MZ00000000000000000000000000000bob"):
+                    await late.send_str(frame)
+                await asyncio.sleep(0.2)
+                for sid in (CALL_SID, STREAM_SID):
+                    status, data = await _first_event(gw.port, sid, alice)
+                    assert status == 200, (sid, data)
+                    assert data["type"] == "TwilioStart" and data["streamSid"] == STREAM_SID
+                status, data = await _first_event(gw.port, CALL_SID, bob)
+                assert status == 200 and data["streamSid"] == "MZ00000000000000000000000000000bob"
+                for ws in (squat, mine, late):
+                    await ws.close()

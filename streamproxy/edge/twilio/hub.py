@@ -14,8 +14,10 @@ import orjson
 
 from .webhook import Event, Webhook
 
-#: Events kept per session for subscribers that connect late (plus the ``start`` event, always kept).
+#: Events kept per session for subscribers that connect late (plus the ``start`` event, always kept),
+#: and at most this many bytes of them: the oldest go first (a sender controls mark/dtmf sizes).
 BACKLOG_EVENTS = 500
+BACKLOG_BYTES = 1 << 20
 #: How long a finished session's events stay readable.
 RETAIN_S = 60.0
 #: A subscriber this far behind is disconnected (it may reconnect with Last-Event-ID).
@@ -29,7 +31,8 @@ class EventHub:
 
     session_id: str
     owner: str = ""
-    backlog: deque[Event] = field(default_factory=lambda: deque(maxlen=BACKLOG_EVENTS))
+    backlog: deque[Event] = field(default_factory=deque)
+    backlog_bytes: int = 0
     start_event: Event | None = None
     subscribers: set[asyncio.Queue[Event | None]] = field(default_factory=set)
     closed: bool = False
@@ -46,6 +49,9 @@ class EventHub:
             self.start_event = ev
         else:
             self.backlog.append(ev)
+            self.backlog_bytes += len(ev.data)
+            while len(self.backlog) > BACKLOG_EVENTS or self.backlog_bytes > BACKLOG_BYTES:
+                self.backlog_bytes -= len(self.backlog.popleft().data)
         for q in list(self.subscribers):
             if q.qsize() >= SUBSCRIBER_QUEUE_MAX:
                 self.subscribers.discard(q)  # too slow: cut it off; it can resume with Last-Event-ID
@@ -92,18 +98,28 @@ class EventHub:
 
 
 class HubRegistry:
-    """Hubs by ``streamSid`` and ``callSid``; a subscriber may wait briefly for a call to start."""
+    """Hubs by (owner, ``streamSid``) and (owner, ``callSid``); a subscriber may wait briefly for a
+    call to start.
+
+    Ids are chosen by the sender, so they are namespaced by the key that started the stream: another
+    key naming the same callSid or streamSid gets a hub of its own and never shadows the owner's.
+    Anonymous streams (owner "") are visible to every caller, after the caller's own.
+    """
 
     def __init__(self) -> None:
-        self.hubs: dict[str, EventHub] = {}
+        self.hubs: dict[tuple[str, str], EventHub] = {}
         self._changed = asyncio.Event()
 
     def add(self, hub: EventHub, *ids: str) -> None:
         for i in ids:
             if i:
-                self.hubs[i] = hub  # a callSid names its latest stream
+                self.hubs[(hub.owner, i)] = hub  # a callSid names its owner's latest stream
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def get(self, owner: str, sid: str) -> EventHub | None:
+        """``owner``'s session ``sid``, else an anonymous one of that id."""
+        return self.hubs.get((owner, sid)) or self.hubs.get(("", sid))
 
     def retire(self, hub: EventHub, after_s: float = RETAIN_S) -> None:
         """Keep a finished session's events readable for a while, then forget them."""
@@ -115,10 +131,10 @@ class HubRegistry:
 
         asyncio.get_running_loop().call_later(after_s, drop)
 
-    async def wait_for(self, sid: str, timeout: float) -> EventHub | None:
+    async def wait_for(self, owner: str, sid: str, timeout: float) -> EventHub | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (hub := self.hubs.get(sid)) is None:
+        while (hub := self.get(owner, sid)) is None:
             left = deadline - loop.time()
             if left <= 0:
                 return None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 import time
 from collections.abc import Mapping
@@ -38,6 +37,8 @@ log = logging.getLogger("streamproxy.twilio")
 
 #: Fixed by Twilio's format: a client may not set them.
 FIXED_PARAMS = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
+#: A ``mark``/``dtmf`` body larger than this (JSON bytes) is dropped: Twilio's are a few dozen bytes.
+MAX_EVENT_BODY_BYTES = 4096
 SSE_WAIT_MAX_S = 60.0
 HUBS = web.AppKey("twilio_hubs", HubRegistry)
 
@@ -97,6 +98,7 @@ class TwilioStream:
         self.call_sid = ""
         self.ignored_tracks = 0
         self.marks = 0
+        self.dropped_events = 0
         self.outcome = "ok"
 
     async def fail(self, code: int, message: str) -> None:
@@ -149,7 +151,9 @@ class TwilioStream:
         if self.principal is None:
             await self.fail(1008, 'Invalid credentials: pass a client key as <Parameter name="token" value="...">')
             return False
-        if self.stream_sid in self.hubs.hubs and not self.hubs.hubs[self.stream_sid].closed:
+        owner = owner_id(self.principal)
+        active = self.hubs.hubs.get((owner, self.stream_sid))
+        if active is not None and not active.closed:
             await self.fail(1008, f"stream {self.stream_sid} is already active")
             return False
         try:
@@ -157,7 +161,6 @@ class TwilioStream:
         except Refused as e:
             await self.fail(e.refusal.close_code, e.refusal.message)
             return False
-        owner = owner_id(self.principal)
         hub = self.hub = EventHub(self.stream_sid, owner)
         if opts.callback:
             q = self.gw.cfg.queue
@@ -214,13 +217,29 @@ class TwilioStream:
             self.runner.client_audio(upsample2(mulaw_decode(payload)))
         return True
 
+    def on_mark_or_dtmf(self, event: str, body: Any) -> None:
+        """Mirror the event to subscribers, unless its body is larger than any Twilio sends."""
+        assert self.hub is not None
+        data = orjson.dumps({"type": event, **(body if isinstance(body, dict) else {})}).decode()
+        if len(data) > MAX_EVENT_BODY_BYTES:
+            self.dropped_events += 1
+            if self.dropped_events == 1:
+                log.info(
+                    "twilio event too large, dropped",
+                    extra={"event": "twilio_event_dropped", "session_id": self.stream_sid, "bytes": len(data)},
+                )
+            return
+        self.hub.publish(event, data)
+
     def summary(self) -> dict[str, Any]:
         return {
             "filled_s": self.placer.filled / TWILIO_RATE,
             "trimmed_s": self.placer.trimmed / TWILIO_RATE,
+            "unfilled_s": self.placer.unfilled / TWILIO_RATE,
             "audio_s": self.placer.pos / TWILIO_RATE,
             "ignored_frames": self.ignored_tracks,
             "marks": self.marks,
+            "dropped_events": self.dropped_events,
         }
 
     async def run(self) -> None:
@@ -264,9 +283,7 @@ class TwilioStream:
                     return
             elif event in ("mark", "dtmf"):
                 self.marks += event == "mark"
-                assert self.hub is not None
-                body = msg.get(event)
-                self.hub.publish(event, {"type": event, **(body if isinstance(body, dict) else {})})
+                self.on_mark_or_dtmf(event, msg.get(event))
             elif event == "stop":
                 self.runner.client_text(CLOSE_STREAM)
                 return
@@ -335,11 +352,10 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         after = int(request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or 0)
     except ValueError:
         return deepgram_error(400, "wait must be a number of seconds and Last-Event-ID an integer")
-    hub = hubs.hubs.get(sid) or await hubs.wait_for(sid, wait)
-    if hub is None:
+    owner = owner_id(principal_of(request))
+    hub = hubs.get(owner, sid) or await hubs.wait_for(owner, sid, wait)
+    if hub is None:  # another key's session of that id is not this caller's to know of either
         return deepgram_error(404, f"no session {sid!r} (not started within {wait:g} s, or expired)")
-    if hub.owner and not hmac.compare_digest(hub.owner, owner_id(principal_of(request))):
-        return deepgram_error(403, "session belongs to another client credential")
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )

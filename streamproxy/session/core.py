@@ -24,6 +24,7 @@ import orjson
 from ..deepgram.encodings import AudioFormat
 from ..deepgram.messages import CLOSE_STREAM, FINALIZE, KEEPALIVE, error_message, metadata_message
 from ..deepgram.validate import live_problem
+from .outbox import Outbox, OutboxError
 from .ring import RingBuffer
 
 #: Upstream close codes that mean "do not retry": the request itself is wrong.
@@ -219,9 +220,8 @@ class Session:
         self._speech_started = -1
         self._utterance_end = -1
         self._arrivals: deque[tuple[int, float]] = deque()  # (client_pos after chunk, arrival time)
-        self.seq = 0
         # Resumption: what was delivered (by seq), and the state of a dropped client.
-        self._outbox: deque[tuple[int, str]] = deque(maxlen=settings.outbox_max)
+        self.outbox = Outbox(settings.outbox_max, keep=self.resumable)
         self.phase = Phase.STREAMING
         self._detach_deadline: float | None = None
         self._resume_pos: int | None = None  # stream offset of the next byte from a resumed client
@@ -690,11 +690,10 @@ class Session:
 
     def _emit_seq(self, msg: dict[str, Any], **proxy: Any) -> None:
         """Number a message for the client and keep it for a resume."""
-        self.seq += 1
-        msg["proxy"] = {"seq": self.seq, **proxy}
+        seq = self.outbox.number()
+        msg["proxy"] = {"seq": seq, **proxy}
         text = orjson.dumps(msg).decode()
-        if self.resumable:
-            self._outbox.append((self.seq, text))
+        self.outbox.hold(seq, text)
         self._emit_client(text)
 
     # ------------------------------------------------------------------ resumption
@@ -710,11 +709,10 @@ class Session:
         """A client reattached: re-send what it missed; audio it resends from ``audio_offset`` is de-duplicated."""
         if self.done or self.closing:
             raise ResumeError("session already closed")
-        if last_seq > self.seq:
-            raise ResumeError(f"last_seq {last_seq} is ahead of the session (seq {self.seq})")
-        oldest = self._outbox[0][0] if self._outbox else self.seq + 1
-        if last_seq + 1 < oldest:
-            raise ResumeError(f"results after seq {last_seq} are no longer held (oldest kept: {oldest})")
+        try:
+            self.outbox.check(last_seq)
+        except OutboxError as e:
+            raise ResumeError(str(e)) from None
         if audio_offset is not None and audio_offset > self.client_pos:
             raise ResumeError(
                 f"audio_offset {audio_offset} is beyond the audio received ({self.client_pos} bytes): "
@@ -724,10 +722,8 @@ class Session:
         self._last_client_input = now
         self._detach_deadline = None
         self._resume_pos = audio_offset if audio_offset is not None else self.client_pos
-        self._status("resumed", audio_bytes_received=self.client_pos, last_seq=self.seq)
-        for seq, text in self._outbox:
-            if seq > last_seq:
-                self._actions.append(SendClient(text))
+        self._status("resumed", audio_bytes_received=self.client_pos, last_seq=self.outbox.seq)
+        self._actions.extend(SendClient(text) for text in self.outbox.after(last_seq))
         return self._take()
 
     def _ack(self, answered: int) -> None:

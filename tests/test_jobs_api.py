@@ -407,3 +407,23 @@ async def test_bullmq_key_names_as_job_ids_are_unknown_and_touch_nothing(tmp_pat
                 assert r.status == 200 and (await _json(r))["state"] in ("waiting", "paused")
         finally:
             await q.close()
+
+
+async def test_upstream_down_503_does_not_disclose_its_address_or_exception_type(tmp_path: Path) -> None:
+    """A file-route 503 names the upstream (its configured name) and what happened, never the
+    internal address it was reached at or Python's exception type."""
+    from streamproxy.engine.supervisor import free_port
+
+    dead = free_port()
+    async with redis_server(tmp_path / "redis") as r:
+        cfg = gateway_config(
+            [f"ws://127.0.0.1:{dead}"],
+            **{"queue.redis_url": r.url, "queue.prefix": unique_prefix(), "queue.serve_worker": False},
+        )
+        async with gateway(cfg) as gw, aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{gw.port}"
+            async with http.post(f"{base}/v1/listen", data=SHORT) as resp:
+                body = await resp.text()
+                assert resp.status == 503 and "u0" in body and "connection refused" in body, body
+                for secret in ("127.0.0.1", str(dead), "ClientConnectorError", "Errno"):
+                    assert secret not in body and secret not in resp.headers["dg-error"], (secret, body)

@@ -295,7 +295,7 @@ async def _submit(request: web.Request, *, route: str) -> web.Response:
         return deepgram_error(exc.status, str(exc), request_id=rid)
     except (aioredis.RedisError, ConnectionError) as exc:
         log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
-        return deepgram_error(503, f"job queue unavailable: {exc}", request_id=rid)
+        return deepgram_error(503, "job queue unavailable; retry later", request_id=rid)
 
 
 def _queued(gw: Gateway, route: str, job_id: str, callback: str | None, duration: float | None) -> web.Response:
@@ -383,7 +383,7 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
         out = await (jq.cancel(job_id, owner=_owner(request)) if delete else jq.status(job_id, owner=_owner(request)))
     except (aioredis.RedisError, ConnectionError) as exc:
         log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
-        return deepgram_error(503, f"job queue unavailable: {exc}", request_id=job_id)
+        return deepgram_error(503, "job queue unavailable; retry later", request_id=job_id)
     if out is None:
         return deepgram_error(404, f"unknown job id {job_id!r}", request_id=job_id)
     status = 202 if delete and out.get("state") == "cancelling" else 200

@@ -8,6 +8,8 @@ caller's fault and is returned as such (not retried).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -21,6 +23,8 @@ import orjson
 from .pool import UpstreamPool
 
 __all__ = ["UpstreamRejected", "UpstreamUnavailable", "http_base", "recognize"]
+
+log = logging.getLogger("streamproxy.upstream")
 
 _USER_AGENT = f"streamproxy/{socket.gethostname()}:{os.getpid()}"
 
@@ -44,7 +48,20 @@ class UpstreamRejected(Exception):
 
 
 class UpstreamUnavailable(Exception):
-    """No upstream produced a transcript (connection refused, 5xx, timeout): worth a retry."""
+    """No upstream produced a transcript (connection refused, 5xx, timeout): worth a retry.
+
+    The message names upstreams and what failed, never their addresses (it reaches clients)."""
+
+
+def _what_failed(exc: BaseException) -> str:
+    """What the client may know of a transport failure: the kind, not the internal address."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection refused" if exc.os_error.errno == errno.ECONNREFUSED else "cannot connect"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(exc, orjson.JSONDecodeError | aiohttp.ContentTypeError):
+        return "invalid response"
+    return "connection lost"
 
 
 def http_base(url: str) -> str:
@@ -89,7 +106,11 @@ async def recognize(
                     raise UpstreamRejected(resp.status, body, u.name)
                 errors.append(f"{u.name}: HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
-            errors.append(f"{u.name}: {type(exc).__name__}: {exc}".rstrip(": "))
+            errors.append(f"{u.name}: {_what_failed(exc)}")
+            log.warning(
+                "prerecorded upstream failed: %s: %s", type(exc).__name__, exc,
+                extra={"event": "upstream_prerecorded_failed", "upstream": u.name},
+            )  # fmt: skip
         finally:
             u.active -= 1
         pool.failure(u.name)

@@ -78,7 +78,9 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
             protocols=("token", "bearer"),
             max_msg_size=gw.cfg.limits.max_frame_bytes,
             autoping=True,
-            heartbeat=PING_INTERVAL_S,  # a half-open socket is noticed (no pong) and the session ends
+            # A half-open v1 client sends nothing, so the idle timeout ends it; pings (which cost a
+            # timer reset per received frame) are only needed when that timeout is off.
+            heartbeat=None if gw.cfg.session.client_idle_timeout_s > 0 else PING_INTERVAL_S,
             compress=False,
         )
         ws.headers["dg-request-id"] = sid

@@ -6,6 +6,10 @@ Per frame: one-way time through the gateway minus the one-way time of the direct
 the same run, so the difference is what streamproxy adds (its processing plus one loopback hop).
 
     python benchmarks/frame_overhead.py [--frames 3000] [--streams 20] [--cpu 1]
+    python benchmarks/frame_overhead.py --ab /path/to/other/checkout --rounds 3   # A/B, interleaved
+
+With ``--ab`` the gateway of another checkout (``git worktree add /tmp/before <commit>``) and this
+one run alternately, ``--rounds`` times each, in one invocation, so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, tree: Path = ROOT) -> dict[str, Any]:
     arrivals: dict[tuple[int, int], float] = {}
 
     async def sink(ws: ServerConnection) -> None:
@@ -62,12 +66,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
                 "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600",
                 "STREAMPROXY_LOG_LEVEL": "warning",
+                "PYTHONPATH": str(tree),
             }
         )
         cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(gw_port)]
         if args.cpu is not None:
             cmd = ["taskset", "-c", str(args.cpu), *cmd]
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT)  # noqa: ASYNC220 - started once, before measuring
+        proc = subprocess.Popen(cmd, env=env, cwd=tree)  # noqa: ASYNC220 - started once, before measuring
         try:
             await _wait_port(gw_port)
             results = {}
@@ -147,6 +152,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=3000, help="frames per path (all streams)")
     p.add_argument("--streams", type=int, default=20, help="concurrent real-time streams")
     p.add_argument("--cpu", type=int, default=None, help="pin the gateway to this core (taskset)")
+    p.add_argument("--ab", type=Path, default=None, help="another checkout to compare against (A/B)")
+    p.add_argument("--rounds", type=int, default=3, help="A/B rounds (each runs both gateways)")
     args = p.parse_args()
     try:
         import uvloop
@@ -154,6 +161,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    if args.ab is not None:
+        ab(args)
+        return
     res = asyncio.run(run(args))
     print(f"{'path':<14}{'frames':>8}{'lost':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for name, r in res["paths"].items():
@@ -164,6 +174,28 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "frame_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+def ab(args: argparse.Namespace) -> None:
+    """Before (``--ab`` checkout) and after (this one), interleaved; medians over the rounds."""
+    rows: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for _ in range(args.rounds):
+        for label, tree in (("before", args.ab.resolve()), ("after", ROOT)):
+            res = asyncio.run(run(args, tree))
+            row = {**{f"added_{k}": v for k, v in res["added_ms"].items()}}
+            row["cpu_ms_per_session_s"] = res["paths"]["streamproxy"]["gateway_cpu_ms_per_session_s"]
+            row["lost"] = res["paths"]["streamproxy"]["lost"]
+            rows[label].append(row)
+            print(label, {k: round(v, 4) for k, v in row.items()}, flush=True)
+    med = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in rows.items()}
+    print(f"{'':<8}{'added p50':>11}{'added p99':>11}{'CPU ms/sess-s':>15}")
+    for label, m in med.items():
+        print(f"{label:<8}{m['added_p50_ms']:>11.3f}{m['added_p99_ms']:>11.3f}{m['cpu_ms_per_session_s']:>15.3f}")
+    ratio = med["after"]["cpu_ms_per_session_s"] / med["before"]["cpu_ms_per_session_s"]
+    print(f"after/before gateway CPU per session-second: {ratio:.3f}")
+    out = ROOT / "benchmarks" / "results" / "frame_overhead_ab.json"
+    out.write_text(json.dumps({"args": {**vars(args), "ab": str(args.ab)}, "rounds": rows, "median": med}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -6,6 +6,7 @@ route refuses names it does not know, with the same message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from multidict import MultiMapping
@@ -15,6 +16,7 @@ __all__ = [
     "BOOL_VALUES",
     "FLUX_PARAMS",
     "LIVE_PARAMS",
+    "MULTI_VALUED_PARAMS",
     "PRERECORDED_PARAMS",
     "bounded_int",
     "check_query",
@@ -50,12 +52,33 @@ BOOL_PARAMS = frozenset(
 )  # fmt: skip
 
 
+#: Parameters Deepgram takes as lists (the key repeated); every other key may appear once.
+MULTI_VALUED_PARAMS = frozenset(
+    {
+        "custom_intent",
+        "custom_topic",
+        "extra",
+        "keyterm",
+        "keywords",
+        "language_hint",
+        "redact",
+        "replace",
+        "search",
+        "tag",
+    }
+)
+_DECIMAL = re.compile(r"-?[0-9]{1,18}")
+
+
 def bounded_int(name: str, value: str, lo: int, hi: int, *, error: type[Exception] = ValueError) -> int:
-    """A query parameter as an integer in [lo, hi], or ``error`` with a message naming it."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise error(f"{name} must be an integer, got {value!r}") from None
+    """A query parameter as an integer in [lo, hi], or ``error`` with a message naming it.
+
+    ASCII decimal digits only: ``int()`` also takes ``١٦٠٠٠``, ``16_000`` and surrounding
+    whitespace, which Deepgram refuses and an upstream would read differently.
+    """
+    if _DECIMAL.fullmatch(value) is None:
+        raise error(f"{name} must be an integer, got {value[:40]!r}")
+    n = int(value)
     if not lo <= n <= hi:
         raise error(f"{name} must be between {lo} and {hi}, got {n}")
     return n
@@ -78,11 +101,15 @@ def check_query(
     bools: Iterable[str] = BOOL_PARAMS,
     error: type[Exception] = ValueError,
 ) -> None:
-    """Refuse unknown names and boolean parameters that are not ``true``/``false``."""
+    """Refuse unknown names, single-valued names given more than once, and boolean parameters
+    that are not ``true``/``false``."""
     allowed = frozenset(allowed)
     unknown = sorted({k for k in query if k not in allowed})
     if unknown:
         raise error(f"unknown query parameter(s): {', '.join(unknown)}")
+    for key in sorted(set(query)):
+        if key not in MULTI_VALUED_PARAMS and len(query.getall(key)) > 1:
+            raise error(f"{key} is given more than once; it takes a single value")
     bools = frozenset(bools)
     for key in query:
         if key in bools:

@@ -54,8 +54,8 @@ def parse_params(query: MultiMapping[str]) -> StreamParams:
         raise ParamError(f"sample_rate is required with encoding={encoding}")
     sr = _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
     channels = _int("channels", query.get("channels", "1"), 1, 16)
-    if "endpointing" in query and query["endpointing"].lower() != "false":
-        _int("endpointing", query["endpointing"], 0, 60_000)
+    if "endpointing" in query and query["endpointing"].lower() not in ("true", "false"):
+        _int("endpointing", query["endpointing"], 0, 60_000)  # Deepgram: true, false or milliseconds
     if "utterance_end_ms" in query:
         _int("utterance_end_ms", query["utterance_end_ms"], 0, 60_000)
     resume = query.get("resume")

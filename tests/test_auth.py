@@ -25,7 +25,8 @@ from deepgram import AsyncDeepgramClient
 from streamproxy.auth.keys import KeyStore
 from streamproxy.serve import Running, reload
 from tests.helpers.clients import SR, assert_deepgram_error, open_stream, refused, words_audio
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict
+from tests.helpers.gateway import engine, gateway, gateway_config, sdk_env, to_dict
+from tests.helpers.marker import final_words
 
 AUDIO = words_audio([31, 32, 33])
 WORDS = ["w31", "w32", "w33"]

@@ -20,8 +20,8 @@ import pytest
 
 from streamproxy.engine.supervisor import free_port
 from tests.helpers.engine import wer
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config
-from tests.helpers.sim import build_audio
+from tests.helpers.gateway import engine, gateway, gateway_config
+from tests.helpers.marker import final_words, marker_audio
 
 SENTENCE = "the quick brown fox jumps over the lazy dog near the river bank"
 
@@ -139,7 +139,7 @@ async def test_pocketsphinx_through_the_proxy(tmp_path: Path) -> None:
 async def test_idle_client_keeps_its_session_through_keepalive() -> None:
     """25 s without audio: the engine would close an idle stream after 10 s (NET-0001); the gateway's
     KeepAlive keeps the very same upstream connection alive (no reconnect), and words still flow."""
-    audio = build_audio([("word", 7, 200), ("sil", 0, 400)], 16000)
+    audio = marker_audio([("word", 7, 200), ("sil", 0, 400)], 16000)
     async with (
         engine("marker", idle_timeout_s=10.0) as eport,
         gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.keepalive_s": 4.0})) as gw,

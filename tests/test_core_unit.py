@@ -8,7 +8,8 @@ from streamproxy.deepgram.encodings import AudioFormat
 from streamproxy.deepgram.messages import FINALIZE
 from streamproxy.engine.marker import MarkerRecognizer
 from streamproxy.session.core import Connect, DropUpstream, SendClient, SendUpstream, Session, SessionSettings
-from tests.helpers.sim import build_audio, to_json
+from tests.helpers.marker import marker_audio
+from tests.helpers.sim import to_json
 
 
 def _connect(core: Session, now: float) -> None:
@@ -66,8 +67,8 @@ def test_overflow_before_connecting_keeps_a_pending_finalize() -> None:
     sr = 8000
     core = Session(AudioFormat("linear16", sr, 1), SessionSettings(buffer_seconds=1.0, max_attempts=0), now=0.0)
     core.start(0.0)  # the upstream is not reachable yet
-    first = build_audio([("sil", 0, 420), ("word", 5, 60), ("sil", 0, 20)], sr)  # 0.5 s, w5 at 0.42 s
-    second = build_audio([("word", 7, 100), ("sil", 0, 800)], sr)  # 0.9 s
+    first = marker_audio([("sil", 0, 420), ("word", 5, 60), ("sil", 0, 20)], sr)  # 0.5 s, w5 at 0.42 s
+    second = marker_audio([("word", 7, 100), ("sil", 0, 800)], sr)  # 0.9 s
     core.client_audio(first, 0.5)
     core.client_text('{"type":"Finalize"}', 0.5)
     core.client_audio(second, 1.4)

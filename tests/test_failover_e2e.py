@@ -29,8 +29,8 @@ from websockets.exceptions import ConnectionClosed
 
 from streamproxy.faults import Fault, FaultKind, FaultRelay, RelayEvent
 from streamproxy.metrics import Metrics
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
-from tests.helpers.sim import build_audio
+from tests.helpers.gateway import engine, gateway, gateway_config, sdk_env, to_dict, validate_strict
+from tests.helpers.marker import Segment, expected_words, final_words, marker_audio, segment_samples, spaced_words
 
 SR = 16000
 BPS = SR * 2  # bytes per second of linear16 mono
@@ -48,11 +48,10 @@ CONCURRENCY = 25
 
 
 # ----------------------------------------------------------------------------- helpers
-def marker_audio(rng: random.Random, seconds: float) -> tuple[bytes, list[tuple[str, float, float]]]:
+def random_marker_audio(rng: random.Random, seconds: float) -> tuple[bytes, list[tuple[str, float, float]]]:
     """Random marker audio and its exact transcript (word values >= 1000 never touch noise values)."""
-    segs: list[tuple[str, int, int]] = [("sil", 0, rng.randint(0, 400))]
-    words: list[tuple[str, float, float]] = []
-    pos = segs[0][2] * SR // 1000
+    segs: list[Segment] = [("sil", 0, rng.randint(0, 400))]
+    pos = segment_samples(segs[0][2], SR)
     while pos < seconds * SR:
         r = rng.random()
         if r < 0.55:
@@ -60,17 +59,15 @@ def marker_audio(rng: random.Random, seconds: float) -> tuple[bytes, list[tuple[
             if segs[-1][0] == "word" and segs[-1][1] == k:
                 k += 1
             segs.append(("word", k, ms))
-            n = ms * SR // 1000
-            words.append((f"w{k}", pos / SR, (pos + n) / SR))
         elif r < 0.9:
             ms = rng.choice([rng.randint(1, 250), rng.randint(300, 900)])
             segs.append(("sil", 0, ms))
         else:
             ms = rng.randint(1, 15)
             segs.append(("noise", 0, ms))
-        pos += max(1, segs[-1][2] * SR // 1000)
+        pos += segment_samples(segs[-1][2], SR)
     segs.append(("sil", 0, rng.randint(0, 500)))
-    return build_audio(segs, SR, seed=rng.randint(0, 1000)), words
+    return marker_audio(segs, SR, seed=rng.randint(0, 1000)), expected_words(segs, SR)
 
 
 def random_plan(rng: random.Random, audio_len: int) -> list[Fault]:
@@ -194,7 +191,7 @@ class Outcome:
 
 async def run_schedule(seed: int, engine_url: str, clean_port: int) -> Outcome:
     rng = random.Random(seed)
-    audio, expected = marker_audio(rng, rng.uniform(3.0, 6.0))
+    audio, expected = random_marker_audio(rng, rng.uniform(3.0, 6.0))
     plan = random_plan(rng, len(audio))
     chunk = rng.choice([640, 1600, 3200, 8000, 15360]) + rng.choice([0, 0, 1])  # odd sizes split samples
     speed = rng.choice([None, None, 25.0, 10.0])
@@ -281,9 +278,9 @@ async def test_200_random_fault_schedules_lose_and_duplicate_nothing() -> None:
 
 
 # ----------------------------------------------------------------------------- fixed scenarios
-WORDS_AUDIO_SEGS = [("sil", 0, 100)] + [x for k in range(1001, 1009) for x in (("word", k, 150), ("sil", 0, 350))]
-WORDS_AUDIO = build_audio(WORDS_AUDIO_SEGS, SR)  # 4.1 s, a final every 0.5 s
-WORDS_EXPECTED = [(f"w{1001 + i}", (1600 + i * 8000) / SR, (1600 + i * 8000 + 2400) / SR) for i in range(8)]
+WORDS_AUDIO_SEGS = spaced_words(range(1001, 1009), word_ms=150, gap_ms=350, lead_ms=100)
+WORDS_AUDIO = marker_audio(WORDS_AUDIO_SEGS, SR)  # 4.1 s, a final every 0.5 s
+WORDS_EXPECTED = expected_words(WORDS_AUDIO_SEGS, SR)  # w1001 at 0.1-0.25 s, then one every 0.5 s
 
 
 @pytest.mark.parametrize("kind", ["close", "reset", "stall", "refuse"])
@@ -417,9 +414,9 @@ async def test_stall_detected_within_stall_timeout() -> None:
 async def test_long_outage_overflows_bounded_buffer_and_reports_it() -> None:
     """buffer_seconds=1, upstream down for 2 s while audio arrives at 2x real time: the oldest audio
     is dropped, counted (metric), reported (ProxyStatus degraded), and the ring never exceeds 1 s."""
-    audio_segs = [("sil", 0, 100)] + [x for k in range(2001, 2013) for x in (("word", k, 150), ("sil", 0, 350))]
-    audio = build_audio(audio_segs, SR)  # 6.1 s
-    reference = [(f"w{2001 + i}", (1600 + i * 8000) / SR, (1600 + i * 8000 + 2400) / SR) for i in range(12)]
+    audio_segs = spaced_words(range(2001, 2013), word_ms=150, gap_ms=350, lead_ms=100)
+    audio = marker_audio(audio_segs, SR)  # 6.1 s
+    reference = expected_words(audio_segs, SR)
     async with engine("marker") as eport:
         relay = FaultRelay(f"ws://127.0.0.1:{eport}")
         await relay.start()

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from deepgram import AsyncDeepgramClient, DeepgramClient
 
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
-from tests.helpers.sim import build_audio
+from tests.helpers.gateway import engine, gateway, gateway_config, sdk_env, to_dict, validate_strict
+from tests.helpers.marker import final_words, marker_audio
 
 SR = 16000
 SEGMENTS = [
@@ -28,7 +28,7 @@ SEGMENTS = [
     ("sil", 0, 350),
     ("word", 15, 500),
 ]
-AUDIO = build_audio(SEGMENTS, SR)
+AUDIO = marker_audio(SEGMENTS, SR)
 # Exact expectations from the marker contract: word k over [start, end) in samples / SR.
 EXPECTED = [("w11", 0.15, 0.39), ("w12", 0.51, 0.81), ("w13", 1.21, 1.39), ("w14", 1.397, 1.657), ("w15", 2.007, 2.507)]
 
@@ -109,7 +109,7 @@ def test_sdk_sync_client_through_gateway() -> None:
 
 async def test_close_right_after_last_audio_delivers_last_word() -> None:
     """The stream ends mid-word (no trailing silence): CloseStream must still finalise it."""
-    audio = build_audio([("sil", 0, 100), ("word", 21, 300), ("sil", 0, 50), ("word", 22, 120)], SR)
+    audio = marker_audio([("sil", 0, 100), ("word", 21, 300), ("sil", 0, 50), ("word", 22, 120)], SR)
     async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
         url = f"ws://127.0.0.1:{gw.port}/v1/listen?encoding=linear16&sample_rate={SR}"
         async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:

@@ -23,7 +23,7 @@ from streamproxy.gateway.limits import WINDOW_S, retry_after
 from streamproxy.serve import Running
 from tests.helpers.clients import SR, assert_deepgram_error, open_stream, refused, words_audio
 from tests.helpers.gateway import engine, gateway, gateway_config
-from tests.helpers.sim import build_audio
+from tests.helpers.marker import marker_audio
 
 AUDIO = words_audio([41, 42])
 
@@ -111,7 +111,7 @@ async def test_max_session_duration_closes_cleanly(tmp_path: Path) -> None:
         st = await open_stream(s, gw.port, key=a)
         t0 = time.monotonic()
         # two words, the second one still open (no trailing silence) when the limit strikes
-        await st.send(build_audio([("sil", 0, 100), ("word", 51, 200), ("sil", 0, 350), ("word", 52, 200)], SR))
+        await st.send(marker_audio([("sil", 0, 100), ("word", 51, 200), ("sil", 0, 350), ("word", 52, 200)], SR))
         await st.finish(timeout=15)
         took = time.monotonic() - t0
     assert 0.9 <= took < 5.0

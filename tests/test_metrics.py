@@ -24,8 +24,8 @@ from websockets.asyncio.client import connect
 
 from streamproxy.faults import Fault, FaultRelay
 from streamproxy.logs import JsonFormatter
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config
-from tests.helpers.sim import build_audio
+from tests.helpers.gateway import engine, gateway, gateway_config
+from tests.helpers.marker import final_words, marker_audio
 
 SR = 16000
 CHUNK = SR * 2 // 10  # 100 ms of linear16
@@ -42,7 +42,7 @@ SEGMENTS = [
     ("word", 24, 120),
     ("sil", 0, 130),
 ]
-AUDIO = build_audio(SEGMENTS, SR)
+AUDIO = marker_audio(SEGMENTS, SR)
 EXPECTED_WORDS = ["w21", "w22", "w23", "w24"]
 
 #: The families the brief (section 6) names, as the text parser reports them (counters lose ``_total``).

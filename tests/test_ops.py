@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 
 from tests.helpers.clients import SR, assert_deepgram_error, open_stream, refused, words_audio
+from tests.helpers.marker import marker_audio
 from tests.helpers.serve_proc import NotifySocket, cli, serve_proc
-from tests.helpers.sim import build_audio
 from tests.test_systemd_units import UNITS, parse_unit
 
 KEY_RE = re.compile(r"^sp_([0-9a-f]{12})_([0-9a-f]{48})$")
@@ -162,7 +162,7 @@ async def _drain_scenario(sp: Any, ns: NotifySocket, key: str, drain_s: float) -
     base = f"http://127.0.0.1:{sp.port}"
     async with aiohttp.ClientSession() as s:
         live = await open_stream(s, sp.port, key=key)
-        await live.send(words_audio([61, 62]) + build_audio([("word", 63, 200)], SR))
+        await live.send(words_audio([61, 62]) + marker_audio([("word", 63, 200)], SR))
         for _ in range(100):
             if live.words == ["w61", "w62"]:
                 break
@@ -180,7 +180,7 @@ async def _drain_scenario(sp: Any, ns: NotifySocket, key: str, drain_s: float) -
         assert_deepgram_error(body, hdrs, "SERVICE_UNAVAILABLE")
 
         # the live session keeps working during the drain window ...
-        await live.send(build_audio([("sil", 0, 350), ("word", 64, 200)], SR))
+        await live.send(marker_audio([("sil", 0, 350), ("word", 64, 200)], SR))
         # ... and at its end is finalised (w64 never got its trailing silence) and closed with 1012
         await live.finish(timeout=drain_s + 10)
         closed_after = time.monotonic() - t0
@@ -294,7 +294,7 @@ def test_logs_carry_request_ids_and_no_secrets_or_audio(tmp_path: Path) -> None:
 
 
 async def _traffic(port: int, key: str, wrong: str) -> list[str]:
-    audio = build_audio([("sil", 0, 100), ("word", MARK, 400), ("sil", 0, 400)], SR)
+    audio = marker_audio([("sil", 0, 100), ("word", MARK, 400), ("sil", 0, 400)], SR)
     tokens = []
     async with aiohttp.ClientSession() as s:
         base = f"http://127.0.0.1:{port}"

@@ -16,11 +16,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.helpers.gateway import engine, final_words, gateway, gateway_config
-from tests.helpers.sim import build_audio
+from tests.helpers.gateway import engine, gateway, gateway_config
+from tests.helpers.marker import final_words, marker_audio, spaced_words
 
 SR = 16000
-AUDIO = build_audio([("sil", 0, 100)] + [seg for k in range(31, 43) for seg in (("word", k, 200), ("sil", 0, 350))], SR)
+AUDIO = marker_audio(spaced_words(range(31, 43), word_ms=200, gap_ms=350, lead_ms=100), SR)
 EXPECTED = [(f"w{k}", round(0.1 + i * 0.55, 6), round(0.3 + i * 0.55, 6)) for i, k in enumerate(range(31, 43))]
 CHUNK = SR * 2 // 10  # 100 ms
 

@@ -24,6 +24,7 @@ from streamproxy.edge.twilio.codec import MULAW_DECODE, mulaw_decode, mulaw_enco
 from streamproxy.outbound.webhooks import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.helpers.engine import recall, require_espeak, wer
 from tests.helpers.gateway import engine, gateway, gateway_config
+from tests.helpers.marker import Segment, expected_words, final_words, marker_samples
 
 FRAME = 160  # 20 ms at 8 kHz
 STREAM_SID = "MZ00000000000000000000000000000001"
@@ -122,12 +123,9 @@ async def subscribe(
         return [e async for e in sse_events(r)]
 
 
-def finals(events: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
-    return [d for _, name, d in events if name == "message" and d.get("type") == "Results" and d.get("is_final")]
-
-
-def final_words(events: list[tuple[str, str, Any]]) -> list[tuple[str, float, float]]:
-    return [(w["word"], w["start"], w["end"]) for f in finals(events) for w in f["channel"]["alternatives"][0]["words"]]
+def messages(events: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+    """The Deepgram messages among a subscriber's SSE events (the others are the call's lifecycle)."""
+    return [d for _, name, d in events if name == "message"]
 
 
 # ----------------------------------------------------------------------------- codec
@@ -146,20 +144,16 @@ def test_mulaw_codec_and_upsampler() -> None:
 SR8 = 8000
 # Marker values that μ-law represents exactly (decoding then re-encoding is the identity).
 K = [int(MULAW_DECODE[b]) for b in (0xAF, 0x9F, 0x8F, 0xBF, 0xCF)]  # positive, distinct
-SEGMENTS_MS = [(0, 160), (K[0], 240), (0, 400), (K[1], 300), (0, 600), (K[2], 200), (0, 380), (K[3], 260), (0, 500)]
-SEGMENTS_MS += [(K[4], 320), (0, 400)]
+SEGMENTS: list[Segment] = [("sil", 0, 160)]
+for _k, _word_ms, _gap_ms in zip(K, (240, 300, 200, 260, 320), (400, 600, 380, 500, 400), strict=True):
+    SEGMENTS += [("word", _k, _word_ms), ("sil", 0, _gap_ms)]
 
 
 def _marker_ulaw() -> tuple[bytes, list[tuple[str, float, float]]]:
-    samples = np.concatenate([np.full(ms * SR8 // 1000, v, np.int16) for v, ms in SEGMENTS_MS])
-    expected, t = [], 0
-    for v, ms in SEGMENTS_MS:
-        if v:
-            expected.append((f"w{v}", t / 1000, (t + ms) / 1000))
-        t += ms
+    samples = marker_samples(SEGMENTS, SR8)
     ulaw = mulaw_encode(samples)
     assert np.array_equal(mulaw_decode(ulaw), samples)
-    return ulaw, expected
+    return ulaw, expected_words(SEGMENTS, SR8)
 
 
 WEBHOOK_SECRET = "twilio-hook-secret"
@@ -219,7 +213,7 @@ async def test_marker_call_exact_words_with_gap_resend_and_late_subscriber() -> 
     start = got[0][2]
     assert start["callSid"] == CALL_SID and start["streamSid"] == STREAM_SID
     assert start["customParameters"]["greeting"] == "hello"
-    assert final_words(got) == expected
+    assert final_words(messages(got)) == expected
     assert any(d.get("type") == "Results" and not d["is_final"] for _, n, d in got if n == "message")  # interims
     assert got[-2][2]["type"] == "Metadata" and got[-2][2]["duration"] == pytest.approx(len(ulaw) / SR8)
     end = got[-1][2]
@@ -250,7 +244,7 @@ async def test_socket_dropped_without_stop_still_delivers_trailing_words() -> No
             await asyncio.sleep(0.2)
             await ws.close()
         got = await asyncio.wait_for(sub, 20)
-    assert final_words(got) == expected
+    assert final_words(messages(got)) == expected
     assert got[-1][1] == "end"
 
 
@@ -313,7 +307,7 @@ async def test_bad_streams_are_refused_with_a_reason(mutate: str, code: int) -> 
         # the gateway is unaffected: a good call right after works
         sub = asyncio.create_task(subscribe(gw.port, "MZgood"))
         await send_call(gw.port, twilio_events(ulaw, stream_sid="MZgood", call_sid="CAgood"))
-        assert final_words(await asyncio.wait_for(sub, 20)) == expected
+        assert final_words(messages(await asyncio.wait_for(sub, 20))) == expected
 
 
 async def test_keys_token_parameter_and_subscriber_ownership() -> None:
@@ -330,7 +324,7 @@ async def test_keys_token_parameter_and_subscriber_ownership() -> None:
             await asyncio.sleep(0.2)
             assert await send_call(gw.port, twilio_events(ulaw, custom={"token": alice})) == 1000
             got = await asyncio.wait_for(sub, 20)
-            assert final_words(got) == expected
+            assert final_words(messages(got)) == expected
             assert "token" not in got[0][2]["customParameters"]  # the key is not echoed to subscribers
             async with aiohttp.ClientSession() as http:
                 url = f"http://127.0.0.1:{gw.port}/v1/sessions/{CALL_SID}/events?wait=0"
@@ -394,7 +388,7 @@ async def test_pocketsphinx_call_transcript_reaches_subscriber(tmp_path: Path) -
         events = twilio_events(ulaw, custom={"interim_results": "true"})
         assert await send_paced(gw.port, events, speed=2.0) == 1000
         got = await asyncio.wait_for(sub, 60)
-    words = final_words(got)
+    words = final_words(messages(got))
     hyp = " ".join(w for w, _, _ in words)
     print(f"\ntwilio+pocketsphinx: WER {wer(SPEECH, hyp):.2f} recall {recall(SPEECH, hyp):.2f}: {hyp}")
     found = [w for w in CONTENT if w in hyp.split()]

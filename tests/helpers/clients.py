@@ -9,8 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.helpers.gateway import final_words
-from tests.helpers.sim import build_audio
+from tests.helpers.marker import final_words, marker_audio, spaced_words
 
 SR = 16000
 QUERY = f"encoding=linear16&sample_rate={SR}"
@@ -18,10 +17,7 @@ QUERY = f"encoding=linear16&sample_rate={SR}"
 
 def words_audio(ks: list[int], word_ms: int = 200, gap_ms: int = 350) -> bytes:
     """Marker audio: each k a word, separated by silence long enough to finalise it."""
-    segs: list[tuple[str, int, int]] = [("sil", 0, 100)]
-    for k in ks:
-        segs += [("word", k, word_ms), ("sil", 0, gap_ms)]
-    return build_audio(segs, SR)
+    return marker_audio(spaced_words(ks, word_ms=word_ms, gap_ms=gap_ms, lead_ms=100), SR)
 
 
 @dataclass

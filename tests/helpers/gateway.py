@@ -10,6 +10,9 @@ from typing import Any
 from streamproxy.config import Config, load_config
 from streamproxy.engine.app import start_engine
 from streamproxy.serve import Running, start
+from tests.helpers.marker import final_words
+
+__all__ = ["engine", "final_words", "gateway", "gateway_config", "sdk_env", "to_dict", "validate_strict"]
 
 
 @contextlib.asynccontextmanager
@@ -70,14 +73,6 @@ def validate_strict(msg: dict[str, Any]) -> Any:
         "Error": ListenV1Error,
     }
     return models[msg["type"]].model_validate(msg)
-
-
-def final_words(messages: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    out = []
-    for m in messages:
-        if m.get("type") == "Results" and m.get("is_final"):
-            out += [(w["word"], w["start"], w["end"]) for w in m["channel"]["alternatives"][0]["words"]]
-    return out
 
 
 def to_dict(msg: Any) -> dict[str, Any]:

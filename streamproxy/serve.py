@@ -20,6 +20,7 @@ from .edge.app import Gateway, build_app, is_loopback
 from .edge.auth import Authenticator, get_auth
 from .edge.limits import Limiter, get_limiter
 from .engine.supervisor import EngineSupervisor
+from .upstream.metrics import register_upstream_metrics
 from .upstream.pool import Upstream, UpstreamPool
 
 log = logging.getLogger("streamproxy.serve")
@@ -113,6 +114,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
         breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s,
     )
     gw = Gateway(cfg, pool, client_keys=client_keys, auth=auth, limiter=Limiter(cfg))
+    register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -25,6 +25,11 @@ def add_job_commands(sub: Any, load: Loader) -> None:
     w = sub.add_parser("worker", help="process queued file jobs (BullMQ on the configured Redis)")
     w.add_argument("--config", help="TOML config file (default: $STREAMPROXY_CONFIG if set, else built-in defaults)")
     w.add_argument("--concurrency", type=int, help="jobs processed at once (queue.concurrency, default 10)")
+    w.add_argument(
+        "--metrics-port", type=_port, metavar="N",
+        help="serve this worker's Prometheus metrics at http://HOST:N/metrics (0 = any free port; default: off)",
+    )  # fmt: skip
+    w.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
 
     def cmd_worker(args: argparse.Namespace) -> int:
         from ..logs import setup_logging
@@ -32,7 +37,7 @@ def add_job_commands(sub: Any, load: Loader) -> None:
 
         cfg = load(args, {"queue.concurrency": args.concurrency})
         setup_logging(cfg.log.level, cfg.log.format)
-        run_worker(cfg)
+        run_worker(cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
         return 0
 
     w.set_defaults(func=cmd_worker)
@@ -53,6 +58,16 @@ def add_job_commands(sub: Any, load: Loader) -> None:
         return asyncio.run(transcribe_main(args))
 
     t.set_defaults(func=cmd_transcribe)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {port}")
+    return port
 
 
 class Bar:

@@ -1,8 +1,7 @@
 """The units' hardening as systemd itself scores it (``systemd-analyze security --offline``).
 
-The remaining exposure is what the service needs: the network (it is a gateway), AF_UNIX (the
-embedded Redis and engine supervision), @resources syscalls and W^X-free memory (native ASR
-libraries), and /proc's non-process files (CPU feature detection).
+Left open: the network (it is a gateway), AF_UNIX (the embedded Redis), and @resources syscalls,
+writable-executable memory and /proc's non-process files, which the native ASR libraries may use.
 """
 
 from __future__ import annotations

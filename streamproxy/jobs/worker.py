@@ -185,12 +185,21 @@ class JobWorker:
         mode = job_mode(job.data)
         started = time.monotonic()
         cancel_key = self.jq.keys.cancel(job_id)
-        if await self.jq.raw.exists(cancel_key):
+        data = job.data if isinstance(job.data, dict) else {}
+        # One round trip for the cancel marker and the stored audio (the common case).
+        pipe = self.jq.raw.pipeline(transaction=False)
+        pipe.exists(cancel_key)
+        if data.get("audio_key"):
+            pipe.get(str(data["audio_key"]))
+        marker, *audio = await pipe.execute()
+        if marker:
             exc = UnrecoverableError(CANCELLED_REASON)
             await self._after_failure(job, exc, mode, started)
             raise exc
         await job.log(f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
         state: dict[str, Any] = {"stage": "loading", "since": time.monotonic(), "expected": 1.0}
+        if audio:
+            state["audio"] = audio[0]
         work = asyncio.ensure_future(self._transcribe(job, state))
         self._running[job_id] = work
         self.metrics.active.inc()
@@ -287,10 +296,10 @@ class JobWorker:
             }
             await self._enqueue_webhook(job, "transcription.failed", payload)
 
-    async def _load(self, job: Job, data: dict[str, Any]) -> bytes:
+    async def _load(self, job: Job, data: dict[str, Any], preloaded: Any = None) -> bytes:
         assert self.jq is not None
         if data.get("audio_key"):
-            audio = await self.jq.raw.get(data["audio_key"])
+            audio = preloaded if preloaded is not None else await self.jq.raw.get(data["audio_key"])
             if audio is None:
                 raise UnrecoverableError(f"the job's audio is gone (key {data['audio_key']} expired or was deleted)")
             return audio if isinstance(audio, bytes) else audio.encode()
@@ -322,13 +331,15 @@ class JobWorker:
         params: dict[str, str | list[str]] = {
             str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in raw_params.items()
         }
-        audio = await self._load(job, data)
+        audio = await self._load(job, data, state.pop("audio", None))
         try:
             info = probe(audio, {k: v if isinstance(v, str) else v[-1] for k, v in params.items()})
         except BadAudio as exc:
             raise UnrecoverableError(f"bad audio: {exc}") from None
-        await job.updateProgress(20)
-        state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, info.duration_s / self.speed))
+        expected = info.duration_s / self.speed
+        if expected > 1.0:  # short jobs: no progress writes (completion means 100)
+            await job.updateProgress(20)
+        state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, expected))
         started = time.monotonic()
         try:
             result = await recognize(
@@ -348,7 +359,6 @@ class JobWorker:
             meta["request_id"] = str(job.id)
         if data.get("callback"):
             await self._enqueue_webhook(job, "transcription.completed", result)
-        await job.updateProgress(100)
         return result
 
     # ------------------------------------------------------------------ callbacks

@@ -332,3 +332,36 @@ async def test_cancel_too_late_is_refused_not_pretended(tmp_path: Path) -> None:
                 assert st["state"] == "completed" and st["result"]["metadata"]["request_id"] == job_id
         finally:
             await foreign.close()
+
+
+# ---------------------------------------------------------------------- stalled recovery
+
+
+async def test_stalled_recovery_is_counted_by_the_worker_that_recovers(tmp_path: Path) -> None:
+    """A worker is SIGKILLed mid-job; the survivor's stalled check takes the job over and counts it
+    (``streamproxy_worker_stalled_jobs_total`` 1 on its ``--metrics-port``), and completes it."""
+    from tests.test_jobs_durability import Upstream, gateway_on, submit
+
+    prefix = unique_prefix()
+    async with redis_server(tmp_path / "redis") as rs, engine("marker") as eport:
+        up = Upstream(eport, hold_first=True)
+        async with http_server(up.handle) as uport, gateway_on(rs.url, prefix, uport) as gw:
+            cfg = write_config(tmp_path / "w.toml", queue_sections(rs.url, prefix, f"ws://127.0.0.1:{uport}"))
+            victim = await start_worker(cfg)
+            async with aiohttp.ClientSession() as http:
+                job = await submit(http, gw)
+                await asyncio.wait_for(up.first.wait(), 15)
+                victim.kill()
+                await victim.stop()
+                survivor = await start_worker(cfg, "--metrics-port", "0")
+                try:
+                    wport = int(next(x for x in survivor.lines if x.get("event") == "worker_metrics")["port"])
+                    st = await _until_state(http, f"http://127.0.0.1:{gw.port}", job, {"completed", "failed"})
+                    assert st["state"] == "completed", st
+                    s = await scrape(wport)
+                finally:
+                    up.release.set()
+                    assert await survivor.stop() == 0
+    assert s.value("streamproxy_worker_stalled_jobs_total") == 1
+    assert s.value("streamproxy_worker_jobs_total", mode="async", status="completed") == 1
+    assert s.value("streamproxy_worker_job_retries_total") == 0  # a stall is not a failed attempt

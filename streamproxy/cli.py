@@ -1,4 +1,4 @@
-"""Command line: ``streamproxy serve | engine | stream | keys``; each subcommand has ``--help``."""
+"""Command line: ``streamproxy serve | engine | stream | keys | worker | transcribe | config``; each has ``--help``."""
 
 from __future__ import annotations
 
@@ -165,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by id (tokens granted with it stop working too)")
     kr.add_argument("id", help="key id, as shown by keys list")
     k.set_defaults(func=cmd_keys)
+    from .config_init import add_config_commands
     from .jobs.cli import add_job_commands  # worker, transcribe
 
     add_job_commands(sub, _load)
+    add_config_commands(sub)
     return p
 
 

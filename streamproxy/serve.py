@@ -23,6 +23,7 @@ from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
 from .upstream.setup import upstreams_from_config
+from .upstream.metrics import register_upstream_metrics
 
 log = logging.getLogger("streamproxy.serve")
 
@@ -74,6 +75,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
     check_exposure(cfg, auth.has_keys)
     pool, supervisor = await upstreams_from_config(cfg)
     gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg))
+    register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -1,6 +1,7 @@
 """``streamproxy stream FILE.wav``: play a WAV through a running gateway in real time, print captions.
 
-Interim results overwrite the current line in place; finals are kept, one line each.
+Finals are printed one line each; on a terminal the current interim result is shown below them
+and replaced in place (``terminal.Captions``).
 """
 
 from __future__ import annotations
@@ -15,29 +16,7 @@ from urllib.parse import urlencode
 import orjson
 import websockets
 
-
-class CaptionPrinter:
-    """Terminal captions: the interim line is redrawn, finals scroll."""
-
-    def __init__(self, out: TextIO, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self._interim = False
-
-    def interim(self, text: str) -> None:
-        if not self.tty or not text:
-            return
-        self.out.write("\r\x1b[2K\x1b[2m" + text + "\x1b[0m")
-        self.out.flush()
-        self._interim = True
-
-    def final(self, start: float, text: str) -> None:
-        if self._interim:
-            self.out.write("\r\x1b[2K")
-            self._interim = False
-        if text:
-            self.out.write(f"[{start:7.2f}] {text}\n")
-            self.out.flush()
+from .terminal import Captions
 
 
 def stream_file(
@@ -74,10 +53,12 @@ async def _stream(
     if not target.endswith("/v1/listen"):
         target += "/v1/listen"
     headers = {"Authorization": f"Token {key}"} if key else None
-    printer = CaptionPrinter(out, out.isatty())
     step = rate * channels * 2 * chunk_ms // 1000
     try:
-        async with websockets.connect(f"{target}?{urlencode(query)}", additional_headers=headers) as ws:
+        async with (
+            websockets.connect(f"{target}?{urlencode(query)}", additional_headers=headers) as ws,
+            Captions(out) as printer,
+        ):
 
             async def send() -> None:
                 t0 = time.monotonic()

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from streamproxy.faults import Fault, FaultRelay
+from streamproxy.jobs.routes import start_jobs
 from streamproxy.logs import JsonFormatter
 from tests.helpers.gateway import engine, gateway, gateway_config
 from tests.helpers.marker import final_words, marker_audio
@@ -276,8 +277,9 @@ def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in panels(dash["panels"]) for t in p.get("targets", []) if t.get("expr")]
 
 
-async def test_dashboard_uses_only_exported_metrics() -> None:
-    """Every metric a dashboard query names is one the running gateway exports: the JSON cannot drift."""
+async def test_dashboard_uses_only_exported_metrics(tmp_path: Path) -> None:
+    """Every metric a dashboard query names is one the running gateway (with its in-process job
+    worker, whose families the dashboard shows too) exports: the JSON cannot drift."""
     dash = json.loads(DASHBOARD.read_text())
     assert dash["schemaVersion"] >= 36
     assert any(v.get("type") == "datasource" and v.get("query") == "prometheus" for v in dash["templating"]["list"])
@@ -285,7 +287,9 @@ async def test_dashboard_uses_only_exported_metrics() -> None:
     assert len(exprs) >= 10
     exprs += [v["definition"] for v in dash["templating"]["list"] if v.get("type") == "query"]
     used = {n for e in exprs for n in re.findall(r"\bstreamproxy_[a-z0-9_]+", e)}
-    async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
+    queue = {"queue.redis_url": "", "queue.serve_worker": True, "server.data_dir": str(tmp_path)}  # embedded Redis
+    async with engine("marker") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **queue)) as gw:
+        await start_jobs(gw.runner.app)
         exported = metric_names(await scrape(gw.port))
     assert used, exprs
     assert used <= exported, sorted(used - exported)

@@ -6,15 +6,15 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import aiohttp
 import orjson
 
 from ..config import Config
+from ..terminal import ProgressDisplay
 
 __all__ = ["add_job_commands", "transcribe_main"]
 
@@ -25,6 +25,11 @@ def add_job_commands(sub: Any, load: Loader) -> None:
     w = sub.add_parser("worker", help="process queued file jobs (BullMQ on the configured Redis)")
     w.add_argument("--config", help="TOML config file (default: $STREAMPROXY_CONFIG if set, else built-in defaults)")
     w.add_argument("--concurrency", type=int, help="jobs processed at once (queue.concurrency, default 10)")
+    w.add_argument(
+        "--metrics-port", type=_port, metavar="N",
+        help="serve this worker's Prometheus metrics at http://HOST:N/metrics (0 = any free port; default: off)",
+    )  # fmt: skip
+    w.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
 
     def cmd_worker(args: argparse.Namespace) -> int:
         from ..logs import setup_logging
@@ -32,7 +37,7 @@ def add_job_commands(sub: Any, load: Loader) -> None:
 
         cfg = load(args, {"queue.concurrency": args.concurrency})
         setup_logging(cfg.log.level, cfg.log.format)
-        run_worker(cfg)
+        run_worker(cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
         return 0
 
     w.set_defaults(func=cmd_worker)
@@ -55,32 +60,14 @@ def add_job_commands(sub: Any, load: Loader) -> None:
     t.set_defaults(func=cmd_transcribe)
 
 
-class Bar:
-    """One status line on stderr, rewritten in place with \\r (plain text, no dependency)."""
-
-    def __init__(self, out: TextIO = sys.stderr, width: int = 30) -> None:
-        self.out = out
-        self.width = width
-        self.started = time.monotonic()
-        self.shown = False
-
-    def show(self, fraction: float | None, label: str) -> None:
-        elapsed = time.monotonic() - self.started
-        if fraction is None:
-            spin = "|/-\\"[int(elapsed * 4) % 4]
-            line = f"{spin} {label} {elapsed:5.1f}s"
-        else:
-            f = min(max(fraction, 0.0), 1.0)
-            filled = int(f * self.width)
-            line = f"[{'#' * filled}{'.' * (self.width - filled)}] {f * 100:5.1f}% {label} {elapsed:5.1f}s"
-        self.out.write("\r" + line.ljust(78))
-        self.out.flush()
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            self.out.write("\n")
-            self.out.flush()
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {port}")
+    return port
 
 
 def _transcript(result: Any) -> str:
@@ -90,14 +77,14 @@ def _transcript(result: Any) -> str:
         return ""
 
 
-async def _chunks(data: bytes, bar: Bar, size: int = 1 << 16) -> AsyncIterator[bytes]:
+async def _chunks(data: bytes, bar: ProgressDisplay, size: int = 1 << 16) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
         bar.show((i + size) / max(len(data), 1), "uploading")
         yield data[i : i + size]
         await asyncio.sleep(0)
 
 
-async def _spin(bar: Bar, label: str) -> None:
+async def _spin(bar: ProgressDisplay, label: str) -> None:
     while True:
         bar.show(None, label)
         await asyncio.sleep(0.25)
@@ -117,7 +104,7 @@ async def transcribe_main(args: argparse.Namespace) -> int:
             print(f"streamproxy: --param expects KEY=VALUE, got {p!r}", file=sys.stderr)
             return 2
         query.append((k, v))
-    bar = Bar()
+    bar = ProgressDisplay()  # rich on a terminal, plain lines otherwise
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
         src: str = args.source

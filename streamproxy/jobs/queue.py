@@ -157,6 +157,11 @@ class Keys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:sp:cancel:{job_id}"
 
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel on which the ids of running jobs to abort are published."""
+        return f"{self.prefix}:sp:cancel"
+
     def delivered(self, job_id: str) -> str:
         return f"{self.prefix}:sp:delivered:{job_id}"
 
@@ -284,8 +289,15 @@ class JobQueue:
             out["log"] = logs.get("logs", [])
         return out
 
-    async def cancel(self, job_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
-        """DELETE: waiting jobs are removed, active ones are told to stop, finished ones deleted."""
+    async def cancel(self, job_id: str, *, owner: str | None = None, wait_s: float = 5.0) -> dict[str, Any] | None:
+        """DELETE: waiting jobs are removed, finished ones deleted, a running one is aborted.
+
+        For a running job the answer is what happened, not an intention: its worker is told (marker
+        key + pub/sub), and the job's end is awaited for up to ``wait_s``: ``cancelled``, or the
+        state it reached first (``completed``/``failed``: the cancel came too late, nothing was
+        changed), or ``cancelling`` if its worker did not answer in time (stalled or gone: the
+        marker makes whichever worker takes the job over end it cancelled).
+        """
         if not is_job_id(job_id):
             return None
         job = await self._job(job_id, owner)
@@ -301,9 +313,38 @@ class JobQueue:
             if removed == 1:
                 await self.raw.delete(self.keys.audio(job_id))
                 return {"id": job_id, "state": final}
-        # Active (or became active meanwhile): the worker polls this marker and aborts the job.
+            await self.raw.delete(self.keys.cancel(job_id))
+            state = await self.transcribe.getJobState(job_id)
+            if state != "active":  # not removable for another reason (e.g. locked by a foreign worker)
+                return {"id": job_id, "state": state, "error": f"the job is {state} and could not be removed"}
+        # Active: tell its worker, then report what actually happened.
         await self.raw.set(self.keys.cancel(job_id), "cancelled", ex=ttl)
-        return {"id": job_id, "state": "cancelling"}
+        await self.raw.publish(self.keys.cancel_channel, job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            state = await self.transcribe.getJobState(job_id)
+            if state in FINISHED or state == "unknown" or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        if state == "active" or state in ("waiting", "delayed", "prioritized"):
+            return {
+                "id": job_id,
+                "state": "cancelling",
+                "message": "the job's worker has not confirmed yet (stalled or restarting); the job will end "
+                "cancelled, whichever worker takes it over",
+            }
+        job = await self._job(job_id, None)
+        reason = job.failedReason if job is not None else None
+        if state == "failed" and reason == CANCELLED_REASON:
+            return {"id": job_id, "state": "cancelled"}
+        await self.raw.delete(self.keys.cancel(job_id))  # too late: the job keeps its outcome
+        return {
+            "id": job_id,
+            "state": state,
+            "error": f"the job {state} before the cancel reached its worker; nothing was cancelled"
+            + (f" ({reason})" if state == "failed" and reason else ""),
+        }
 
     async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
         """Poll until the job is finished (or gone); the last status, or None if it vanished."""

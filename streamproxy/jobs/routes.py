@@ -38,6 +38,7 @@ from ..gateway.state import GATEWAY, Gateway
 from ..outbound.fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
 from ..upstream.prerecorded import UpstreamRejected, UpstreamUnavailable, recognize
 from .audio import BadAudio, probe
+from .metrics import WorkerMetrics
 from .queue import JobQueue, connect_redis, is_job_id
 from .redis_embedded import EmbeddedRedis
 from .worker import JobWorker
@@ -77,7 +78,9 @@ class JobsService:
                 self.fetcher = safe_session(self.policy, self.q.fetch_timeout_s)
                 self._depth_task = asyncio.create_task(self._depth_loop())
             if start_worker and self.worker is None:
-                self.worker = JobWorker(self.cfg, self.redis_url, self.gw.pool)
+                # Counts into the gateway's registry: one /metrics for the gateway and its worker.
+                metrics = WorkerMetrics(self.gw.metrics.registry)
+                self.worker = JobWorker(self.cfg, self.redis_url, self.gw.pool, metrics=metrics)
                 await self.worker.start()
             return self.jq
 
@@ -386,5 +389,10 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
         return deepgram_error(503, "job queue unavailable; retry later", request_id=job_id)
     if out is None:
         return deepgram_error(404, f"unknown job id {job_id!r}", request_id=job_id)
-    status = 202 if delete and out.get("state") == "cancelling" else 200
+    status = 200
+    if delete and out.get("state") == "cancelling":
+        status = 202
+    elif delete and out.get("state") not in ("cancelled", "deleted"):
+        # Refused, never pretended: the job ended (or is held) otherwise; the body says how.
+        return deepgram_error(409, str(out.get("error") or f"job is {out.get('state')}"), request_id=job_id)
     return web.Response(status=status, body=orjson.dumps(out), content_type="application/json")

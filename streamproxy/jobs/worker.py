@@ -6,6 +6,11 @@ never on this event loop. Crash safety is BullMQ's: a job's lock is renewed whil
 worker dies (SIGKILL, power loss) the lock expires after ``lock_duration_s`` and another worker's
 stalled-job check (every ``stalled_interval_s``) puts the job back in the queue, up to
 ``max_stalled_count`` times, without counting it as a failed attempt.
+
+Cancelling a running job (``DELETE /v1/jobs/{id}``) sets a marker key and publishes the job id on
+the ``<prefix>:sp:cancel`` channel; the worker running it cancels its upstream request at once and
+fails the job with ``CANCELLED_REASON`` (no retry). The marker is also checked when a job starts
+and every ``_CANCEL_POLL_S`` while it runs, in case a notification was missed.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from ..config import Config
 from ..loop import run
 from ..outbound.fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from ..outbound.webhooks import deliver, new_secret
+from ..upstream.metrics import register_upstream_metrics
 from ..upstream.pool import UpstreamPool
 from ..upstream.prerecorded import UpstreamRejected, recognize
 from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
+from .metrics import WorkerMetrics, job_mode, serve_metrics
 from .queue import (
     CANCELLED_REASON,
     REJECTED_STATUS,
@@ -47,14 +54,32 @@ from .queue import (
 
 log = logging.getLogger("streamproxy.jobs")
 
-__all__ = ["JobWorker", "run_worker"]
+__all__ = ["JobWorker", "node_client_name", "run_worker"]
+
+_CANCEL_POLL_S = 2.0  # fallback for a missed cancel notification (Redis reconnect)
+
+
+def node_client_name(prefix: str, queue: str, worker_name: str) -> str:
+    """The Redis client name Node BullMQ gives a named worker: ``<prefix>:<base64 queue>:w:<name>``.
+
+    ``Queue.getWorkers()`` (and so Bull Board) lists the clients whose name matches it; bullmq for
+    Python names its connections ``<prefix>:<queue>:w:<name>`` instead, which Node never finds.
+    """
+    return f"{prefix}:{base64.b64encode(queue.encode()).decode()}:w:{worker_name}"
 
 
 class JobWorker:
     """Both queues' workers plus what they share (HTTP sessions, the producer for callbacks)."""
 
     def __init__(
-        self, cfg: Config, redis_url: str, pool: UpstreamPool, *, concurrency: int | None = None, name: str = ""
+        self,
+        cfg: Config,
+        redis_url: str,
+        pool: UpstreamPool,
+        *,
+        concurrency: int | None = None,
+        name: str = "",
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.q = cfg.queue
@@ -69,6 +94,10 @@ class JobWorker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.secret = self.q.webhook_secret
         self.processed = 0
+        self.metrics = metrics or WorkerMetrics()
+        self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}  # job id -> its transcription
+        self._cancelled: set[str] = set()
+        self._listener: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,12 +121,19 @@ class JobWorker:
             "runRetryDelay": 1000,
             "name": self.name,
         }
+        self._listener = asyncio.create_task(self._listen_cancels())
         w = Worker(TRANSCRIBE_QUEUE, self._process, {**base, "concurrency": self.concurrency})
         w.on("completed", self._on_completed)
+        w.on("stalled", self._on_stalled)
         w.on("error", lambda err, *a: log.warning("worker error: %s", err, extra={"event": "worker_error"}))
         hooks = Worker(WEBHOOK_QUEUE, self._webhook, {**base, "concurrency": max(4, self.concurrency)})
+        hooks.on("failed", self._on_webhook_failed)
         hooks.on("error", lambda err, *a: log.warning("webhook worker error: %s", err, extra={"event": "worker_error"}))
         self.workers = [w, hooks]
+        # Visible to Node BullMQ's getWorkers() and Bull Board. Set before the workers' run() task
+        # first runs (no await since they were built): that is when they name their connections.
+        for worker, queue in ((w, TRANSCRIBE_QUEUE), (hooks, WEBHOOK_QUEUE)):
+            worker.clientName = node_client_name(self.q.prefix, queue, self.name)
         log.info(
             "worker started",
             extra={"event": "worker_started", "worker": self.name, "concurrency": self.concurrency},
@@ -114,6 +150,10 @@ class JobWorker:
                 with contextlib.suppress(Exception):
                     await w.close(force=True)
         self.workers = []
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
         for t in list(self._tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(t, 5)
@@ -127,6 +167,14 @@ class JobWorker:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
+    def _on_stalled(self, job_id: str, *args: Any) -> None:
+        self.metrics.stalled.inc()
+        log.warning("stalled job moved back to the queue", extra={"event": "job_stalled", "job": job_id})
+
+    def _on_webhook_failed(self, job: Job, err: BaseException, *args: Any) -> None:
+        final = isinstance(err, UnrecoverableError) or job.attemptsMade >= int(job.opts.get("attempts") or 1)
+        self.metrics.webhooks.labels("failed" if final else "retry").inc()
+
     def _on_completed(self, job: Job, result: Any) -> None:
         self.processed += 1
         if self.jq is not None and isinstance(job.data, dict) and job.data.get("audio_key"):
@@ -136,49 +184,113 @@ class JobWorker:
 
     async def _process(self, job: Job, token: str) -> dict[str, Any]:
         assert self.jq is not None
-        cancel_key = self.jq.keys.cancel(str(job.id))
-        if await self.jq.raw.exists(cancel_key):
-            raise UnrecoverableError(CANCELLED_REASON)
+        job_id = str(job.id)
+        mode = job_mode(job.data)
+        started = time.monotonic()
+        cancel_key = self.jq.keys.cancel(job_id)
+        data = job.data if isinstance(job.data, dict) else {}
+        # One round trip for the cancel marker and the stored audio (the common case).
+        pipe = self.jq.raw.pipeline(transaction=False)
+        pipe.exists(cancel_key)
+        if data.get("audio_key"):
+            pipe.get(str(data["audio_key"]))
+        marker, *audio = await pipe.execute()
+        if marker:
+            exc = UnrecoverableError(CANCELLED_REASON)
+            await self._after_failure(job, exc, mode, started)
+            raise exc
         await job.log(f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
         state: dict[str, Any] = {"stage": "loading", "since": time.monotonic(), "expected": 1.0}
+        if audio:
+            state["audio"] = audio[0]
         work = asyncio.ensure_future(self._transcribe(job, state))
+        self._running[job_id] = work
+        self.metrics.active.inc()
         try:
-            last_progress = 0.0
+            last_progress = last_poll = time.monotonic()
             while True:
                 done, _ = await asyncio.wait({work}, timeout=0.5)
+                if job_id in self._cancelled:
+                    raise UnrecoverableError(CANCELLED_REASON)
                 if done:
                     result: dict[str, Any] = work.result()
+                    self._finished(job, mode, "completed", started)
                     return result
-                if await self.jq.raw.exists(cancel_key):
-                    work.cancel()
-                    raise UnrecoverableError(CANCELLED_REASON)
-                if state["stage"] == "recognizing" and time.monotonic() - last_progress >= 1.0:
-                    last_progress = time.monotonic()
-                    frac = 1 - math.exp(-(time.monotonic() - state["since"]) / state["expected"])
+                now = time.monotonic()
+                if now - last_poll >= _CANCEL_POLL_S:
+                    last_poll = now
+                    if await self.jq.raw.exists(cancel_key):
+                        raise UnrecoverableError(CANCELLED_REASON)
+                if state["stage"] == "recognizing" and now - last_progress >= 1.0:
+                    last_progress = now
+                    frac = 1 - math.exp(-(now - state["since"]) / state["expected"])
                     await job.updateProgress(int(20 + 75 * frac))
         except BaseException as exc:
-            work.cancel()
-            await self._after_failure(job, exc)
-            raise
+            work.cancel()  # aborts the upstream request (its HTTP connection is closed)
+            if job_id in self._cancelled and not isinstance(exc, asyncio.CancelledError):
+                exc = UnrecoverableError(CANCELLED_REASON)
+            await self._after_failure(job, exc, mode, started)
+            raise exc from None
+        finally:
+            self._running.pop(job_id, None)
+            self._cancelled.discard(job_id)
+            self.metrics.active.dec()
 
-    async def _after_failure(self, job: Job, exc: BaseException) -> None:
-        """On a job's last attempt: drop its audio and tell its callback."""
+    def _finished(self, job: Job, mode: str, status: str, started: float) -> None:
+        m = self.metrics
+        m.jobs.labels(mode, status).inc()
+        m.duration.labels(mode, status).observe(time.monotonic() - started)
+        m.attempts.labels(mode).observe(job.attemptsMade + 1)
+
+    async def _listen_cancels(self) -> None:
+        """Abort running jobs named on the cancel channel; resubscribes after a Redis outage."""
+        assert self.jq is not None
+        channel = self.jq.keys.cancel_channel
+        while True:
+            pubsub = self.jq.raw.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                async for msg in pubsub.listen():
+                    raw = msg.get("data")
+                    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    work = self._running.get(job_id)
+                    if work is not None and not work.done():
+                        self._cancelled.add(job_id)
+                        work.cancel()
+                        log.info("job cancelled while running", extra={"event": "job_cancel", "job": job_id})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cancel channel lost: %s", exc, extra={"event": "cancel_channel_error"})
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _after_failure(self, job: Job, exc: BaseException, mode: str, started: float) -> None:
+        """Count the attempt; on a job's last attempt, drop its audio and tell its callback."""
         assert self.jq is not None
         if isinstance(exc, asyncio.CancelledError):
             return  # the worker is being force-closed: the job will run again elsewhere
+        cancelled = str(exc) == CANCELLED_REASON
         final = isinstance(exc, UnrecoverableError) or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
         if not final:
+            self.metrics.retries.labels(mode).inc()
             log.info(
                 "job attempt failed, will retry",
                 extra={"event": "job_retry", "job": job.id, "attempt": job.attemptsMade + 1, "error": str(exc)},
             )
             return
+        self._finished(job, mode, "cancelled" if cancelled else "failed", started)
         data = job.data if isinstance(job.data, dict) else {}
-        log.warning("job failed", extra={"event": "job_failed", "job": job.id, "error": str(exc)})
+        if cancelled:
+            log.info("job cancelled", extra={"event": "job_cancelled", "job": job.id})
+        else:
+            log.warning("job failed", extra={"event": "job_failed", "job": job.id, "error": str(exc)})
         if data.get("audio_key"):
             with contextlib.suppress(Exception):
                 await self.jq.raw.delete(data["audio_key"])
-        if data.get("callback") and str(exc) != CANCELLED_REASON:
+        if data.get("callback") and not cancelled:
             payload = {
                 "request_id": job.id,
                 "err_code": "TRANSCRIPTION_FAILED",
@@ -195,10 +307,10 @@ class JobWorker:
             await job.updateData({**data, REJECTED_STATUS: status})
         raise UnrecoverableError(reason)
 
-    async def _load(self, job: Job, data: dict[str, Any]) -> bytes:
+    async def _load(self, job: Job, data: dict[str, Any], preloaded: Any = None) -> bytes:
         assert self.jq is not None
         if data.get("audio_key"):
-            audio = await self.jq.raw.get(data["audio_key"])
+            audio = preloaded if preloaded is not None else await self.jq.raw.get(data["audio_key"])
             if audio is None:
                 raise UnrecoverableError(f"the job's audio is gone (key {data['audio_key']} expired or was deleted)")
             return audio if isinstance(audio, bytes) else audio.encode()
@@ -230,13 +342,15 @@ class JobWorker:
         params: dict[str, str | list[str]] = {
             str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in raw_params.items()
         }
-        audio = await self._load(job, data)
+        audio = await self._load(job, data, state.pop("audio", None))
         try:
             info = probe(audio, {k: v if isinstance(v, str) else v[-1] for k, v in params.items()})
         except BadAudio as exc:
             await self._refuse(job, 400, f"bad audio: {exc}")
-        await job.updateProgress(20)
-        state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, info.duration_s / self.speed))
+        expected = info.duration_s / self.speed
+        if expected > 1.0:  # short jobs: no progress writes (completion means 100)
+            await job.updateProgress(20)
+        state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, expected))
         started = time.monotonic()
         try:
             result = await recognize(
@@ -256,7 +370,6 @@ class JobWorker:
             meta["request_id"] = str(job.id)
         if data.get("callback"):
             await self._enqueue_webhook(job, "transcription.completed", result)
-        await job.updateProgress(100)
         return result
 
     # ------------------------------------------------------------------ callbacks
@@ -299,6 +412,7 @@ class JobWorker:
             method=str(d.get("method", "POST")),
         )
         await self.jq.raw.set(done_key, str(status), ex=self.q.result_ttl_s)
+        self.metrics.webhooks.labels("delivered").inc()
         log.info("callback delivered", extra={"event": "callback_delivered", "job": d.get("request_id")})
         return {"status": status, "delivered_at": time.time()}
 
@@ -306,20 +420,33 @@ class JobWorker:
 # ---------------------------------------------------------------------- `streamproxy worker`
 
 
-async def worker_main(cfg: Config, concurrency: int | None = None) -> None:
+async def worker_main(
+    cfg: Config, concurrency: int | None = None, *, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
+) -> None:
     url, embedded = await connect_redis(cfg, embedded_fallback=False)
     pool, supervisor = await upstreams_from_config(cfg, base_port=0)  # beside a serve on one host
-    jw = JobWorker(cfg, url, pool, concurrency=concurrency)
+    metrics = WorkerMetrics()
+    register_upstream_metrics(metrics.registry, pool)
+    jw = JobWorker(cfg, url, pool, concurrency=concurrency, metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    http: Any = None
     try:
+        if metrics_port is not None:
+            http, bound = await serve_metrics(metrics.registry, metrics_host, metrics_port)
+            log.info(
+                "worker metrics listening",
+                extra={"event": "worker_metrics", "host": metrics_host, "port": bound},
+            )
         await jw.start()
         await stop.wait()
         log.info("worker stopping", extra={"event": "worker_stopping"})
     finally:
         await jw.close(cfg.session.drain_timeout_s)
+        if http is not None:
+            await http.cleanup()
         if supervisor is not None:
             await supervisor.stop()
         if embedded is not None:
@@ -327,5 +454,7 @@ async def worker_main(cfg: Config, concurrency: int | None = None) -> None:
     log.info("worker stopped", extra={"event": "worker_stopped", "processed": jw.processed})
 
 
-def run_worker(cfg: Config, concurrency: int | None = None) -> None:
-    run(worker_main(cfg, concurrency))
+def run_worker(
+    cfg: Config, concurrency: int | None = None, *, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
+) -> None:
+    run(worker_main(cfg, concurrency, metrics_port=metrics_port, metrics_host=metrics_host))

@@ -267,3 +267,32 @@ async def test_keys_stored_hashed_and_probes_open(tmp_path: Path) -> None:
                 assert r.status == 200, path
         async with s.get(f"http://127.0.0.1:{gw.port}/v1/anything") as r:
             assert r.status == 401  # everything under /v1/ needs a credential, even unknown routes
+
+
+async def test_wrong_secrets_for_a_known_key_id_are_throttled_per_id(tmp_path: Path, monkeypatch: Any) -> None:
+    """A key id is not secret: 40 concurrent wrong secrets for one id used to cost 40 scrypt runs
+    (two cores busy for as long as the flood lasts). Failed checks are throttled per id (a burst
+    of 10, then 1 per second), so the flood costs a handful; other keys are unaffected, and the
+    id's owner gets through once the flood stops."""
+    import streamproxy.auth.authenticator as authenticator
+
+    alice_id, alice = new_key(tmp_path, "alice")
+    _bob_id, bob = new_key(tmp_path, "bob")
+    runs: list[float] = []
+    real = authenticator.derive
+
+    def counting(*a: Any, **kw: Any) -> bytes:
+        runs.append(time.monotonic())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(authenticator, "derive", counting)
+    async with gw_with_keys(tmp_path) as gw, aiohttp.ClientSession() as s:
+        wrong = f"sp_{alice_id}_{'0' * 48}"
+        flood = await asyncio.gather(*(grant(s, gw.port, f"Token {wrong}") for _ in range(40)))
+        assert {r.status for r in flood} == {401}
+        assert len(runs) <= 12, f"{len(runs)} scrypt runs for one key id's wrong secrets"
+        before = len(runs)
+        assert (await grant(s, gw.port, f"Token {bob}", {"ttl_seconds": 30})).status == 200  # another id
+        assert len(runs) == before + 1
+        await asyncio.sleep(1.1)
+        assert (await grant(s, gw.port, f"Token {alice}", {"ttl_seconds": 30})).status == 200

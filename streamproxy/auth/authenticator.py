@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ __all__ = ["Authenticator", "Principal", "is_loopback"]
 
 _CACHE_MAX = 4096
 _SLOW_CHECKS = 2  # concurrent scrypt verifications
+#: Uncached checks per key id: a burst, then this many per second. Key ids are not secret, so
+#: without it anyone could keep the cores busy with wrong secrets for a known id. A successful
+#: check gives its token back: only failures are throttled.
+_ID_CHECKS_BURST = 10
+_ID_CHECKS_PER_S = 1.0
 
 
 def is_loopback(host: str) -> bool:
@@ -62,6 +68,7 @@ class Authenticator:
     # Uncached checks run scrypt in threads; bound them so a flood of wrong secrets for a known
     # key id cannot take every executor thread (cached keys never wait for this).
     _slow_gate: asyncio.Semaphore | None = None
+    _id_budget: dict[str, tuple[float, float]] = field(default_factory=dict)  # key id -> (tokens, at)
 
     def __post_init__(self) -> None:
         self.reload(self.cfg)
@@ -115,6 +122,29 @@ class Authenticator:
             return False
         return hmac.compare_digest(derived, want)
 
+    def _take(self, kid: str) -> bool:
+        """Reserve one uncached check for ``kid``; False when its failed checks used the budget."""
+        now = time.monotonic()
+        tokens, at = self._id_budget.get(kid, (float(_ID_CHECKS_BURST), now))
+        tokens = min(float(_ID_CHECKS_BURST), tokens + (now - at) * _ID_CHECKS_PER_S)
+        if tokens < 1.0:
+            self._id_budget[kid] = (tokens, now)
+            return False
+        self._id_budget[kid] = (tokens - 1.0, now)
+        return True
+
+    def _give_back(self, kid: str) -> None:
+        tokens, at = self._id_budget.get(kid, (float(_ID_CHECKS_BURST), time.monotonic()))
+        self._id_budget[kid] = (min(float(_ID_CHECKS_BURST), tokens + 1.0), at)
+
+    def _verify_sync(self, presented: str, rec: KeyRecord) -> bool:
+        if not self._take(rec.id):
+            return False
+        ok = self._slow_check(presented, rec)
+        if ok:
+            self._give_back(rec.id)
+        return ok
+
     def _remember(self, presented: str, rec: KeyRecord) -> None:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
@@ -138,7 +168,7 @@ class Authenticator:
         if rec is None:
             return self._static(presented)
         if not self._cached(presented, rec):
-            if not self._slow_check(presented, rec):
+            if not self._verify_sync(presented, rec):
                 return None
             self._remember(presented, rec)
         return Principal(rec.id, "key", rec.name)
@@ -149,12 +179,15 @@ class Authenticator:
         if rec is None:
             return self._static(presented)
         if not self._cached(presented, rec):
+            if not self._take(rec.id):
+                return None  # this id's failed checks are over budget: no scrypt for it now
             if self._slow_gate is None:
                 self._slow_gate = asyncio.Semaphore(_SLOW_CHECKS)
             async with self._slow_gate:
                 ok = await asyncio.to_thread(self._slow_check, presented, rec)
             if not ok:
                 return None
+            self._give_back(rec.id)
             if self.records.get(rec.id) is not rec:  # reloaded meanwhile (revoked?): decide again
                 return await self.check_key_async(presented)
             self._remember(presented, rec)

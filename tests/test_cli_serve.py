@@ -138,11 +138,17 @@ async def test_pocketsphinx_through_the_proxy(tmp_path: Path) -> None:
 
 async def test_idle_client_keeps_its_session_through_keepalive() -> None:
     """25 s without audio: the engine would close an idle stream after 10 s (NET-0001); the gateway's
-    KeepAlive keeps the very same upstream connection alive (no reconnect), and words still flow."""
+    KeepAlive keeps the very same upstream connection alive (no reconnect), and words still flow.
+    The gateway's own client idle timeout (NET-0001 toward the client, tested in test_peers) is
+    turned off here: this is about the upstream side."""
     audio = marker_audio([("word", 7, 200), ("sil", 0, 400)], 16000)
     async with (
         engine("marker", idle_timeout_s=10.0) as eport,
-        gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **{"session.keepalive_s": 4.0})) as gw,
+        gateway(
+            gateway_config(
+                [f"ws://127.0.0.1:{eport}"], **{"session.keepalive_s": 4.0, "session.client_idle_timeout_s": 0}
+            )
+        ) as gw,
     ):
         url = f"ws://127.0.0.1:{gw.port}/v1/listen?encoding=linear16&sample_rate=16000"
         async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:

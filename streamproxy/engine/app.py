@@ -1,4 +1,5 @@
-"""The engine process: one recognizer kind behind Deepgram's ``/v1/listen`` (live and files).
+"""The engine process: one recognizer kind behind Deepgram's ``/v1/listen`` (live and files) and
+``/v2/listen`` (Flux turns).
 
 :func:`make_engine_app` builds the state once (executors sized for the kind, the model loaded
 before the first connection, since the supervisor's readiness check is a TCP connect) and hands it
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamproxy.engine.flux_live import flux_handler
 from streamproxy.engine.kinds import DEFAULT_MODELS, KINDS
 from streamproxy.engine.live import live_handler
 from streamproxy.engine.prerecorded import prerecorded_handler
@@ -55,7 +57,7 @@ def make_engine_app(
     max_streams: int = 0,
     whisper: WhisperOptions | None = None,
 ) -> web.Application:
-    """aiohttp app serving ``GET/POST /v1/listen`` and ``GET /healthz`` for one recognizer kind.
+    """aiohttp app serving ``GET/POST /v1/listen``, ``GET /v2/listen`` and ``GET /healthz`` for one kind.
 
     ``max_streams`` > 0 refuses further streams with 429; ``whisper`` configures the whisper kind
     (its model is loaded before the app accepts connections; a missing model fails the start).
@@ -95,6 +97,7 @@ def make_engine_app(
     )
     app[STATE] = st
     app.router.add_get("/v1/listen", live_handler)
+    app.router.add_get("/v2/listen", flux_handler)
     app.router.add_post("/v1/listen", prerecorded_handler)
     app.router.add_get("/healthz", _healthz)
 

@@ -27,14 +27,14 @@ from streamproxy.deepgram.messages import (
     metadata_message,
 )
 from streamproxy.deepgram.types import Event
-from streamproxy.engine.handshake import authorized, new_request_id, refusal
+from streamproxy.engine.handshake import at_capacity, authorized, new_request_id, refusal
 from streamproxy.engine.kinds import make_recognizer, release
 from streamproxy.engine.options import BadRequest, LiveOptions, parse_live_params
 from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.state import EngineState, engine_state
 from streamproxy.engine.whisper.pool import EngineOverloaded
 
-__all__ = ["LiveStream", "live_handler"]
+__all__ = ["LiveStream", "configure_reply", "live_handler"]
 
 log = logging.getLogger("streamproxy.engine")
 
@@ -43,6 +43,31 @@ _NET0001 = (
 )
 
 T = TypeVar("T")
+
+
+def configure_reply(msg: dict[str, Any], kind: str, request_id: str) -> dict[str, Any]:
+    """The one answer to a v1 ``Configure``: ``features`` (an object of booleans) are accepted, as
+    the recognizers have no feature they could switch; ``keyterms`` (a list of strings) are refused
+    with ``CONFIGURE_KEYTERMS_NOT_SUPPORTED``, since no kind can bias its vocabulary; any other
+    shape gets ``CONFIGURE_INVALID`` and nothing changes."""
+    features = msg.get("features")
+    keyterms = msg.get("keyterms")
+    bad = None
+    if features is not None and (
+        not isinstance(features, dict) or not all(isinstance(v, bool) for v in features.values())
+    ):
+        bad = "features must be an object of booleans"
+    elif keyterms is not None and (not isinstance(keyterms, list) or not all(isinstance(t, str) for t in keyterms)):
+        bad = "keyterms must be a list of strings"
+    if bad is not None:
+        return configure_failure_message(request_id=request_id, code="CONFIGURE_INVALID", description=bad)
+    if keyterms is not None:
+        return configure_failure_message(
+            request_id=request_id,
+            code="CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+            description=f"the {kind} engine does not support keyterms",
+        )
+    return configure_success_message(request_id=request_id)
 
 
 class LiveStream:
@@ -109,16 +134,7 @@ class LiveStream:
             return False
         if kind == "Configure":
             assert isinstance(msg, dict)
-            if msg.get("keyterms") is not None:
-                await self.send(
-                    configure_failure_message(
-                        request_id=self.request_id,
-                        code="CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-                        description=f"the {self.st.kind} engine does not support keyterms",
-                    )
-                )
-            else:
-                await self.send(configure_success_message(request_id=self.request_id))
+            await self.send(configure_reply(msg, self.st.kind, self.request_id))
             return True
         await self.send(
             error_message(
@@ -177,17 +193,9 @@ async def live_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return refusal(400, "expected a WebSocket upgrade for GET /v1/listen", request_id)
-    if st.max_streams and st.admitted >= st.max_streams:
-        st.refused += 1
-        log.warning(
-            "engine at capacity: stream refused",
-            extra={"event": "engine_overloaded", "request_id": request_id, "max_streams": st.max_streams},
-        )
-        return refusal(
-            429,
-            f"this {st.kind} engine process is at capacity ({st.max_streams} streams); retry on another engine",
-            request_id,
-        )
+    full = at_capacity(st, request_id)
+    if full is not None:
+        return full
     st.admitted += 1
     try:
         return await _serve_stream(st, request, ws, opts, request_id)

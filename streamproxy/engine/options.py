@@ -12,13 +12,17 @@ from typing import Any
 
 from multidict import MultiMapping
 
-from streamproxy.deepgram.params import LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
+from streamproxy.deepgram.flux import FLUX_MODELS, FluxThresholds
+from streamproxy.deepgram.params import FLUX_PARAMS, LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
+from streamproxy.engine.flux import ThresholdError, check_thresholds
 from streamproxy.engine.sphinx import SAMPLE_RATE as SPHINX_RATE
 
 __all__ = [
     "BadRequest",
+    "FluxOptions",
     "LiveOptions",
     "check_prerecorded_params",
+    "parse_flux_params",
     "parse_live_params",
     "prerecorded_options",
     "raw_audio_format",
@@ -103,6 +107,54 @@ def parse_live_params(query: MultiMapping[str], kind: str) -> LiveOptions:
         model=query.get("model"),
         punctuate=_punctuate(query),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FluxOptions:
+    """What a ``/v2/listen`` stream acts on: the audio format and the end-of-turn settings."""
+
+    sample_rate: int
+    thresholds: FluxThresholds
+    model: str
+
+
+def _unit_float(name: str, value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise BadRequest(f"{name} must be a number, got {value!r}")
+    return x
+
+
+def parse_flux_params(query: MultiMapping[str], kind: str) -> FluxOptions:
+    """Validate Flux query parameters (``FLUX_PARAMS``, Deepgram's threshold ranges); raises BadRequest."""
+    check_query(query, FLUX_PARAMS, bools=("profanity_filter", "numerals", "mip_opt_out"), error=BadRequest)
+    model = query.get("model", "flux-general-en")
+    if model not in FLUX_MODELS:
+        raise BadRequest(f"model {model!r} is not a Flux model: /v2/listen accepts {', '.join(sorted(FLUX_MODELS))}")
+    encoding = query.get("encoding", "linear16").lower()
+    if encoding != "linear16":
+        raise BadRequest(f"unsupported encoding {encoding!r}: the embedded engine accepts only linear16")
+    sr = _int("sample_rate", query["sample_rate"], 8000, 48000) if "sample_rate" in query else 16000
+    if kind == "pocketsphinx" and sr != SPHINX_RATE:
+        raise BadRequest(f"the pocketsphinx engine accepts only sample_rate=16000 (got {sr}); resample the audio")
+    th = FluxThresholds(
+        eot_threshold=_unit_float("eot_threshold", query["eot_threshold"]) if "eot_threshold" in query else 0.7,
+        eager_eot_threshold=(
+            _unit_float("eager_eot_threshold", query["eager_eot_threshold"]) if "eager_eot_threshold" in query else None
+        ),
+        eot_timeout_ms=_int("eot_timeout_ms", query["eot_timeout_ms"], 500, 10_000)
+        if "eot_timeout_ms" in query
+        else 5000,
+        keyterms=tuple(query.getall("keyterm", ())),
+    )
+    try:
+        check_thresholds(th)
+    except ThresholdError as exc:
+        raise BadRequest(str(exc)) from None
+    return FluxOptions(sample_rate=sr, thresholds=th, model=model)
 
 
 def check_prerecorded_params(query: MultiMapping[str]) -> None:

@@ -140,6 +140,10 @@ class WhisperRecognizer:
             self._audio.trim_before(max(self._vad_pos - _PAD, self._final_end))
         return out
 
+    def set_endpointing_ms(self, ms: int) -> None:
+        """Change the endpoint silence mid-stream (a Flux ``Configure``); from the next window on."""
+        self._min_silence = min(max(ms, 100), 5000) * SAMPLE_RATE // 1000
+
     def finalize(self) -> list[Event]:
         """Decode everything received (an open utterance included) into one ``from_finalize`` final."""
         if self._closed:

@@ -152,11 +152,16 @@ async def test_idle_client_keeps_its_session_through_keepalive() -> None:
     ):
         url = f"ws://127.0.0.1:{gw.port}/v1/listen?encoding=linear16&sample_rate=16000"
         async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+
+            async def read() -> list[dict]:  # reading also answers the gateway's pings
+                return [orjson.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+
+            reader = asyncio.create_task(read())
             await ws.send_bytes(audio)
             await asyncio.sleep(25)
             await ws.send_bytes(audio)
             await ws.send_str('{"type":"CloseStream"}')
-            msgs = [orjson.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+            msgs = await asyncio.wait_for(reader, 20)
         reg = gw.gateway.metrics.registry
         assert reg.get_sample_value("streamproxy_upstream_connects_total", {"upstream": "u0"}) == 1
         reconnects = [s for f in reg.collect() if f.name == "streamproxy_upstream_reconnects" for s in f.samples]

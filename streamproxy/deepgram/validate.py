@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["LIVE_TYPES", "live_problem"]
+__all__ = ["FLUX_TYPES", "LIVE_TYPES", "flux_problem", "live_problem"]
 
 #: Server message types of Deepgram Live (``/v1/listen``).
 LIVE_TYPES = frozenset(
@@ -73,4 +73,37 @@ def live_problem(msg: Any) -> str | None:
         return "utterance_end"
     if kind == "Metadata" and not isinstance(msg.get("request_id", ""), str):
         return "metadata"
+    return None
+
+
+#: Server message types of Deepgram Flux (``/v2/listen``).
+FLUX_TYPES = frozenset({"Connected", "TurnInfo", "ConfigureSuccess", "ConfigureFailure", "Warning", "Error"})
+TURN_EVENTS = frozenset({"Update", "StartOfTurn", "EagerEndOfTurn", "TurnResumed", "EndOfTurn"})
+
+
+def flux_problem(msg: Any) -> str | None:
+    if not isinstance(msg, dict):
+        return "not_object"
+    kind = msg.get("type")
+    if not isinstance(kind, str) or kind not in FLUX_TYPES:
+        return "unknown_type"
+    if kind != "TurnInfo":
+        return None
+    if msg.get("event") not in TURN_EVENTS:
+        return "turn_event"
+    if not isinstance(msg.get("turn_index"), int) or isinstance(msg.get("turn_index"), bool) or msg["turn_index"] < 0:
+        return "turn_index"
+    if not _num(msg.get("audio_window_start")) or not _num(msg.get("audio_window_end")):
+        return "turn_window"
+    if not isinstance(msg.get("transcript"), str) or not _num(msg.get("end_of_turn_confidence")):
+        return "turn_fields"
+    words = msg.get("words")
+    if not isinstance(words, list):
+        return "turn_words"
+    for w in words:
+        if not isinstance(w, dict) or not isinstance(w.get("word"), str) or not _num(w.get("confidence")):
+            return "turn_words"
+        for k in ("start", "end"):
+            if w.get(k) is not None and not _num(w[k]):
+                return "turn_words"
     return None

@@ -90,6 +90,7 @@ class Latency(enum.Enum):
     INTERIM = "interim"
     FINAL = "final"
     FIRST_WORD = "first_word"
+    END_OF_TURN = "end_of_turn"  # Flux: audio end of the turn's last word -> its EndOfTurn
 
 
 class Counter(enum.Enum):
@@ -100,6 +101,7 @@ class Counter(enum.Enum):
     FATAL = "fatal"
     INVALID = "invalid"  # label: what was wrong with an upstream message (bounded values)
     LOST_S = "lost_s"  # audio that could not be transcribed when the session had to end
+    TURN = "turn"  # Flux: an EndOfTurn delivered; label: its trigger
 
 
 @dataclass(slots=True)
@@ -233,6 +235,126 @@ class Session:
         self._close_started: float | None = None
         self._metadata: dict[str, Any] | None = None
         self._close_answered = False  # this connection delivered CloseStream's trailing results
+
+        # Mid-stream Configure: serialised (one unanswered at a time), answered to the client once,
+        # and the latest accepted one re-applied to every replacement before replayed audio.
+        self._configure_queue: deque[str] = deque()
+        self._configure_inflight: tuple[str, bool] | None = None  # (message, sent for the client)
+        self._configure_latest: str | None = None
+
+    # ------------------------------------------------------------------ protocol hooks (v1: Live)
+    #: Sent upstream while the client is idle; None: the protocol has none (Flux).
+    KEEPALIVE_MESSAGE: str | None = KEEPALIVE
+    #: Client message types, for the error a client gets for anything else.
+    CLIENT_TYPES: tuple[str, ...] = ("KeepAlive", "Finalize", "CloseStream", "Configure")
+
+    def _problem(self, msg: Any) -> str | None:
+        """Why an upstream message is not valid in this protocol (None: it is)."""
+        return live_problem(msg)
+
+    def _client_message(self, kind: str | None, text: str, now: float) -> bool:
+        """Handle a client control message; False: not one of this protocol's."""
+        if kind == "KeepAlive":
+            if self.connected and not self.closing:
+                self._actions.append(SendUpstream(KEEPALIVE))
+        elif kind == "Finalize":
+            if not self.closing:
+                self._flush_partial(now)
+                self._finalize_owed += 1
+                self.ring.append_control(self.framed_pos, FINALIZE)
+                if self.connected:
+                    self._send_control(FINALIZE, now)
+        elif kind == "CloseStream":
+            self._begin_close(now)
+        elif kind == "Configure":
+            self._client_configure(text)
+        else:
+            return False
+        return True
+
+    def _client_error(self, code: str, description: str, short: str) -> None:
+        """A client message this protocol does not take (the stream goes on)."""
+        self._emit_client(error_message(code, description, "SchemaError", message=short))
+
+    def _emit_error(self, code: str, description: str, variant: str) -> None:
+        """The ``Error`` that precedes a close."""
+        self._emit_client(error_message(code, description, variant))
+
+    def _send_close(self, now: float) -> None:
+        """What ends the stream upstream once the client closed (v1: CloseStream)."""
+        self._send_control(CLOSE_STREAM, now)
+
+    def _final_messages(self) -> None:
+        """Delivered at a clean end (v1: Metadata)."""
+        meta = self._metadata or metadata_message(
+            request_id=self.session_id,
+            duration=0.0,
+            channels=self.fmt.channels,
+            model_name=None,
+            sha256="",
+            created="",
+        )
+        meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
+        self._deliver(meta)
+
+    def _on_new_connection(self, now: float) -> None:
+        """A replacement connection is about to get the replay: reset per-connection state."""
+
+    def _on_message(self, kind: str, msg: dict[str, Any], raw: str, now: float) -> None:
+        if kind == "Results":
+            self._on_results(msg, raw, now)
+        elif kind == "Metadata":
+            if self.closing:
+                self._metadata = msg
+                self._close_answered = True  # Metadata follows the trailing results of CloseStream
+        elif kind == "SpeechStarted":
+            t = self._rebase(msg.get("timestamp", 0.0))
+            if t > self._speech_started:
+                self._speech_started = t
+                msg["timestamp"] = t / self._sr
+                self._deliver(msg)
+        elif kind == "UtteranceEnd":
+            t = self._rebase(msg.get("last_word_end", 0.0))
+            if t > self._utterance_end:
+                self._utterance_end = t
+                msg["last_word_end"] = t / self._sr
+                self._deliver(msg)
+        elif kind in ("ConfigureSuccess", "ConfigureFailure"):
+            self._on_configure_answer(msg)
+        elif kind == "Error":
+            pass  # the close that follows decides retry or fatal
+        else:
+            self._deliver(msg)
+
+    # ------------------------------------------------------------------ Configure (both protocols)
+    def _client_configure(self, text: str) -> None:
+        if self.closing:
+            return
+        self._configure_queue.append(text)
+        self._pump_configure()
+
+    def _pump_configure(self) -> None:
+        if self.connected and self._configure_inflight is None and self._configure_queue:
+            text = self._configure_queue.popleft()
+            self._configure_inflight = (text, True)
+            self._actions.append(SendUpstream(text))
+
+    def _reapply_configure(self) -> None:
+        """On a new connection, before any replayed audio: what the client had configured."""
+        if self._configure_inflight is not None and self._configure_inflight[1]:
+            self._configure_queue.appendleft(self._configure_inflight[0])  # unanswered: send again
+        self._configure_inflight = None
+        if self._configure_latest is not None:
+            self._configure_inflight = (self._configure_latest, False)
+            self._actions.append(SendUpstream(self._configure_latest))
+
+    def _on_configure_answer(self, msg: dict[str, Any]) -> None:
+        inflight, self._configure_inflight = self._configure_inflight, None
+        if inflight is not None and inflight[1]:  # the client's: it gets the answer, once
+            if msg.get("type") == "ConfigureSuccess":
+                self._configure_latest = inflight[0]
+            self._deliver(msg)
+        self._pump_configure()  # answers to re-applied (or unsolicited) Configures stay here
 
     def start(self, now: float) -> list[Action]:
         """The first actions: connect upstream at once."""
@@ -369,30 +491,12 @@ class Session:
         except orjson.JSONDecodeError:
             kind = None
             msg = None
-        if kind in ("KeepAlive", "Finalize", "CloseStream"):
+        if kind in self.CLIENT_TYPES:
             self._last_client_input = now
-        if kind == "KeepAlive":
-            if self.connected and not self.closing:
-                self._actions.append(SendUpstream(KEEPALIVE))
-        elif kind == "Finalize":
-            if not self.closing:
-                self._flush_partial(now)
-                self._finalize_owed += 1
-                self.ring.append_control(self.framed_pos, FINALIZE)
-                if self.connected:
-                    self._send_control(FINALIZE, now)
-        elif kind == "CloseStream":
-            self._begin_close(now)
-        else:
+        if not self._client_message(kind if isinstance(kind, str) else None, text, now):
             what = "not valid JSON" if msg is None else f"unsupported message type {kind!r}"
-            self._emit_client(
-                error_message(
-                    "INVALID_MESSAGE",
-                    f"Text frame {what}; expected KeepAlive, Finalize or CloseStream.",
-                    "SchemaError",
-                    message=f"Text frame {what}.",
-                )
-            )
+            expected = ", ".join(self.CLIENT_TYPES)
+            self._client_error("INVALID_MESSAGE", f"Text frame {what}; expected {expected}.", f"Text frame {what}.")
         return self._take()
 
     def client_closed(self, now: float) -> list[Action]:
@@ -431,31 +535,20 @@ class Session:
         if not self.connected and not self.ring.nbytes:
             self._finish(self.close_code, "stream closed")  # nothing left to transcribe
         elif self.connected:
-            self._send_control(CLOSE_STREAM, now)
+            self._send_close(now)
 
     def _finish(self, code: int, reason: str) -> None:
         if self.done:
             return
         self.phase = Phase.CLOSED
         if code in (1000, 1012) and not self.stats.fatal:
-            meta = self._metadata or metadata_message(
-                request_id=self.session_id,
-                duration=0.0,
-                channels=self.fmt.channels,
-                model_name=None,
-                sha256="",
-                created="",
-            )
-            meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
-            self._deliver(meta)
+            self._final_messages()
         if self._idle_closed and not self.stats.fatal:
-            self._emit_client(
-                error_message(
-                    "NET-0001",
-                    "No audio data or text message was received within the timeout window "
-                    f"({self.s.client_idle_timeout_s:g} s); send KeepAlive while idle.",
-                    "NetworkError",
-                )
+            self._emit_error(
+                "NET-0001",
+                "No audio data or text message was received within the timeout window "
+                f"({self.s.client_idle_timeout_s:g} s); send KeepAlive while idle.",
+                "NetworkError",
             )
         if self.connected:
             self._actions.append(DropUpstream("session finished"))
@@ -478,6 +571,8 @@ class Session:
             self._status("replaying", replay_s=round(self.fmt.bytes_to_seconds(replay_bytes), 3))
         self._controls_pending = 0
         self._control_since = None
+        self._on_new_connection(now)
+        self._reapply_configure()
         for item in replay:
             if item.data is not None:
                 self._actions.append(SendUpstream(item.data))
@@ -490,8 +585,9 @@ class Session:
         if replay:
             self._unanswered_since = now
         self._last_activity = now
+        self._pump_configure()
         if self.closing:
-            self._send_control(CLOSE_STREAM, now)
+            self._send_close(now)
             if self._close_deadline is not None:  # each replacement gets the whole close wait
                 self._close_deadline = max(self._close_deadline, now + self.s.close_timeout_s)
         self._status("connected")
@@ -546,7 +642,7 @@ class Session:
         self.stats.fatal = description
         self._record_loss()
         self._actions.append(Count(Counter.FATAL, 1))
-        self._emit_client(error_message("UPSTREAM_ERROR", description, "UpstreamError"))
+        self._emit_error("UPSTREAM_ERROR", description, "UpstreamError")
         self._finish(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1011, "upstream error")
 
     def upstream_invalid(self, gen: int, problem: str, now: float) -> list[Action]:
@@ -575,36 +671,14 @@ class Session:
             msg = orjson.loads(text)
         except orjson.JSONDecodeError:
             return self.upstream_invalid(gen, "not_json", now)
-        problem = live_problem(msg)
+        problem = self._problem(msg)
         if problem is not None:
             return self.upstream_invalid(gen, problem, now)
         self._unanswered_since = None
         self._stall_strikes = 0
         if self.attempt:
             self.attempt = 0  # the connection works: the next failure starts the backoff again
-        kind = msg.get("type")
-        if kind == "Results":
-            self._on_results(msg, text, now)
-        elif kind == "Metadata":
-            if self.closing:
-                self._metadata = msg
-                self._close_answered = True  # Metadata follows the trailing results of CloseStream
-        elif kind == "SpeechStarted":
-            t = self._rebase(msg.get("timestamp", 0.0))
-            if t > self._speech_started:
-                self._speech_started = t
-                msg["timestamp"] = t / self._sr
-                self._deliver(msg)
-        elif kind == "UtteranceEnd":
-            t = self._rebase(msg.get("last_word_end", 0.0))
-            if t > self._utterance_end:
-                self._utterance_end = t
-                msg["last_word_end"] = t / self._sr
-                self._deliver(msg)
-        elif kind == "Error":
-            pass  # the close that follows decides retry or fatal
-        else:
-            self._deliver(msg)
+        self._on_message(msg["type"], msg, text, now)
         return self._take()
 
     def _rebase(self, t: Any) -> int:
@@ -758,7 +832,7 @@ class Session:
         cands = []
         if self._partial_since is not None:
             cands.append(self._partial_since + self._frame_s)
-        if self.connected and not self.closing:
+        if self.KEEPALIVE_MESSAGE and self.connected and not self.closing:
             cands.append(self._last_activity + self.s.keepalive_s)
         stall_since = self._stall_since()
         if self.connected and stall_since is not None:
@@ -791,8 +865,9 @@ class Session:
             return self._take()
         if self._partial_since is not None and now >= self._partial_since + self._frame_s:
             self._flush_partial(now)
-        if self.connected and not self.closing and now >= self._last_activity + self.s.keepalive_s:
-            self._actions.append(SendUpstream(KEEPALIVE))
+        keepalive = self.KEEPALIVE_MESSAGE
+        if keepalive and self.connected and not self.closing and now >= self._last_activity + self.s.keepalive_s:
+            self._actions.append(SendUpstream(keepalive))
             self._last_activity = now
         if self.connected and self._stalled(now):
             self._stall_strikes += 1
@@ -845,5 +920,5 @@ class Session:
         lost = self.fmt.bytes_to_seconds(self.stats.lost_bytes)
         description = f"{lost:.2f} s of audio could not be transcribed: the upstream did not answer in time"
         self.stats.fatal = description
-        self._emit_client(error_message("UNTRANSCRIBED_AUDIO", description, "UpstreamError"))
+        self._emit_error("UNTRANSCRIBED_AUDIO", description, "UpstreamError")
         self._finish(1011, "audio not transcribed")

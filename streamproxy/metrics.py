@@ -75,6 +75,13 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
+        self.end_of_turn = Histogram(
+            p + "end_of_turn_latency_seconds",
+            "Flux: audio end of a turn's last word to its EndOfTurn at the gateway",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.turns = Counter(p + "turns_total", "Flux turns delivered, by EndOfTurn trigger", ["trigger"], registry=r)
         self.audio_lost = Counter(
             p + "audio_lost_seconds_total",
             "Audio never transcribed because a session had to end before its upstream answered",

@@ -22,8 +22,8 @@ from .gateway.limits import Limiter
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
-from .upstream.setup import upstreams_from_config
 from .upstream.metrics import register_upstream_metrics
+from .upstream.setup import upstreams_from_config
 
 log = logging.getLogger("streamproxy.serve")
 

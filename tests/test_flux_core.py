@@ -25,8 +25,8 @@ SR = 8000
 class Upstream:
     """The engine's marker turn machine behind Flux JSON, as one upstream connection."""
 
-    def __init__(self) -> None:
-        self.turns = MarkerTurns(SR)
+    def __init__(self, sr: int = SR) -> None:
+        self.turns = MarkerTurns(sr)
         self.seq = 0
 
     def _json(self, build: object, *args: object, **kw: object) -> str:
@@ -136,9 +136,9 @@ class Run:
         return client, core
 
 
-def reference(audio: bytes) -> list[dict]:
+def reference(audio: bytes, sr: int = SR) -> list[dict]:
     """What an uninterrupted marker engine says, plus the gateway's ForceEndTurn at close."""
-    up = Upstream()
+    up = Upstream(sr)
     out = [orjson.loads(m) for m in up.connected()]
     out += [orjson.loads(m) for m in up.answer(audio)[0]]
     out += [orjson.loads(m) for m in up.answer(FORCE_END_TURN)[0]]

@@ -8,7 +8,7 @@ from ..gateway.state import GATEWAY, Gateway
 from ..jobs.routes import setup_routes as add_job_routes
 from .grant import grant_route
 from .health import add_health_routes
-from .listen import listen_ws
+from .listen import listen_v2_ws, listen_ws
 from .middleware import PUBLIC_PATHS, edge_middleware
 from .page import add_page_routes
 from .twilio.routes import add_twilio_routes
@@ -22,6 +22,7 @@ def build_app(gw: Gateway) -> web.Application:
     # its `start` event).
     app[PUBLIC_PATHS] = frozenset({"/v1/stats", "/v1/twilio"})
     app.router.add_get("/v1/listen", listen_ws)
+    app.router.add_get("/v2/listen", listen_v2_ws)
     app.router.add_post("/v1/auth/grant", grant_route)
     add_health_routes(app, metrics=gw.cfg.metrics.enabled)
     add_page_routes(app)

@@ -1,4 +1,5 @@
-"""``GET /v1/listen``: Deepgram Live streaming over a WebSocket, and resuming a dropped session."""
+"""``GET /v1/listen`` (Deepgram Live) and ``GET /v2/listen`` (Flux) over a WebSocket, and resuming a
+dropped session: one handler, two vocabularies (the session core knows which)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from ..gateway.admission import DRAINING, Refused, admit
 from ..gateway.runner import SessionRunner
 from ..gateway.state import GATEWAY
 from ..session.core import ResumeError
+from ..session.flux import FluxSession
 from .errors import deepgram_error, refusal_response
 from .middleware import REQUEST_ID, principal_of, request_authorized
-from .params import ParamError, parse_params
+from .params import ParamError, parse_flux_params, parse_params
 
 log = logging.getLogger("streamproxy.edge")
 
@@ -45,10 +47,18 @@ def owner_of(request: web.Request) -> str:
 
 
 async def listen_ws(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, flux=False)
+
+
+async def listen_v2_ws(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, flux=True)
+
+
+async def _stream(request: web.Request, *, flux: bool) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     sid = request.get(REQUEST_ID) or str(uuid.uuid4())
     try:
-        params = parse_params(request.query)
+        params = parse_flux_params(request.query) if flux else parse_params(request.query)
     except ParamError as e:
         return deepgram_error(400, str(e), request_id=sid)
     if not request_authorized(gw, request):
@@ -59,6 +69,8 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
     resumed: SessionRunner | None = None
     if params.resume:
         resumed = gw.sessions.resumable(params.resume)
+        if resumed is not None and isinstance(resumed.core, FluxSession) != flux:
+            resumed = None  # a Live session is not resumed as Flux, nor the other way round
         if resumed is None:
             msg = f"session {params.resume!r} not found or its resume window has expired; start a new session"
             return deepgram_error(404, msg, request_id=sid)
@@ -79,8 +91,9 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
             max_msg_size=gw.cfg.limits.max_frame_bytes,
             autoping=True,
             # A half-open v1 client sends nothing, so the idle timeout ends it; pings (which cost a
-            # timer reset per received frame) are only needed when that timeout is off.
-            heartbeat=None if gw.cfg.session.client_idle_timeout_s > 0 else PING_INTERVAL_S,
+            # timer reset per received frame) are only needed when that timeout is off, and on
+            # Flux, which has no KeepAlive: there pings are what keeps an idle client.
+            heartbeat=PING_INTERVAL_S if flux or gw.cfg.session.client_idle_timeout_s <= 0 else None,
             compress=False,
         )
         ws.headers["dg-request-id"] = sid
@@ -96,16 +109,16 @@ async def listen_ws(request: web.Request) -> web.StreamResponse:
         else:
             runner = gw.open_session(
                 sid, params.fmt, params.upstream_query, ws, abort=_aborter(request), owner=owner,
-                lease=lease, proxy_events=params.proxy_events,
+                lease=lease, proxy_events=params.proxy_events, flux=flux,
             )  # fmt: skip
-        await _pump(ws, runner)
+        await _pump(ws, runner, flux=flux)
         return ws
     finally:
         if runner is None:
             await lease.release()  # never reached a session: the slot is not its to release
 
 
-async def _pump(ws: web.WebSocketResponse, runner: SessionRunner) -> None:
+async def _pump(ws: web.WebSocketResponse, runner: SessionRunner, *, flux: bool = False) -> None:
     """Feed the client's frames to the session until the client or the session ends; whatever
     ends the loop (close, error, an exception from the socket), the session hears of it."""
     try:
@@ -113,7 +126,7 @@ async def _pump(ws: web.WebSocketResponse, runner: SessionRunner) -> None:
             if msg.type == WSMsgType.BINARY:
                 if msg.data:
                     await runner.feed_audio(msg.data)
-                else:  # legacy Deepgram clients close a stream with an empty frame
+                elif not flux:  # legacy Deepgram Live clients close a stream with an empty frame
                     runner.client_text(CLOSE_STREAM)
             elif msg.type == WSMsgType.TEXT:
                 runner.client_text(msg.data)

@@ -14,7 +14,7 @@ from multidict import MultiMapping
 
 from ..deepgram.encodings import CONTAINER_ENCODINGS, RAW_BYTES_PER_SAMPLE, AudioFormat
 from ..deepgram.params import BOOL_PARAMS as DEEPGRAM_BOOL_PARAMS
-from ..deepgram.params import LIVE_PARAMS, bounded_int, check_query
+from ..deepgram.params import FLUX_PARAMS, LIVE_PARAMS, bounded_int, check_query
 
 #: streamproxy's own extensions, consumed here and never forwarded.
 PROXY_PARAMS = frozenset({"proxy_events", "resume", "last_seq", "audio_offset"})
@@ -69,6 +69,58 @@ def parse_params(query: MultiMapping[str]) -> StreamParams:
         upstream_query=urlencode(upstream),
         proxy_events=query.get("proxy_events", "false").lower() == "true",
         interim_results=query.get("interim_results", "false").lower() == "true",
+        resume=resume,
+        last_seq=last_seq,
+        audio_offset=audio_offset,
+    )
+
+
+#: Flux booleans (and ours).
+FLUX_BOOL_PARAMS = frozenset({"profanity_filter", "numerals", "mip_opt_out", "proxy_events"})
+#: Deepgram's documented ranges for the Flux thresholds.
+FLUX_RANGES = {"eot_threshold": (0.5, 0.9), "eager_eot_threshold": (0.3, 0.9)}
+
+
+def _fraction(name: str, value: str) -> float:
+    lo, hi = FLUX_RANGES[name]
+    try:
+        x = float(value)
+    except ValueError:
+        raise ParamError(f"{name} must be a number, got {value!r}") from None
+    if not lo <= x <= hi:
+        raise ParamError(f"{name} must be between {lo} and {hi}, got {value}")
+    return x
+
+
+def parse_flux_params(query: MultiMapping[str]) -> StreamParams:
+    """Validate a Deepgram Flux (``/v2/listen``) query; raises ParamError with a message for the client."""
+    check_query(query, FLUX_PARAMS | PROXY_PARAMS, bools=FLUX_BOOL_PARAMS, error=ParamError)
+    model = query.get("model")
+    if model is None or not model.startswith("flux-"):
+        raise ParamError(f"model must be a Flux model (flux-general-en, flux-general-multi), got {model!r}")
+    encoding = (query.get("encoding") or "linear16").lower()
+    if encoding not in RAW_BYTES_PER_SAMPLE and encoding not in CONTAINER_ENCODINGS:
+        allowed = ", ".join(sorted(set(RAW_BYTES_PER_SAMPLE) | CONTAINER_ENCODINGS))
+        raise ParamError(f"unsupported encoding {encoding!r}; use one of {allowed}")
+    sample_rate = query.get("sample_rate")
+    if encoding in RAW_BYTES_PER_SAMPLE and sample_rate is None:
+        raise ParamError(f"sample_rate is required with encoding={encoding}")
+    sr = _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
+    eot = _fraction("eot_threshold", query["eot_threshold"]) if "eot_threshold" in query else 0.7
+    if "eager_eot_threshold" in query and _fraction("eager_eot_threshold", query["eager_eot_threshold"]) > eot:
+        raise ParamError("eager_eot_threshold must not be above eot_threshold")
+    if "eot_timeout_ms" in query:
+        _int("eot_timeout_ms", query["eot_timeout_ms"], 500, 10_000)
+    resume = query.get("resume")
+    last_seq = _int("last_seq", query["last_seq"], 0, 2**62) if "last_seq" in query else None
+    audio_offset = _int("audio_offset", query["audio_offset"], 0, 2**62) if "audio_offset" in query else None
+    if (last_seq is not None or audio_offset is not None) and not resume:
+        raise ParamError("last_seq and audio_offset are only valid with resume=<session id>")
+    upstream = [(k, v) for k, v in query.items() if k not in PROXY_PARAMS]
+    return StreamParams(
+        fmt=AudioFormat(encoding, sr, 1),
+        upstream_query=urlencode(upstream),
+        proxy_events=query.get("proxy_events", "false").lower() == "true",
         resume=resume,
         last_seq=last_seq,
         audio_offset=audio_offset,

@@ -34,7 +34,7 @@ from ..session.core import (
     SendUpstream,
     Session,
 )
-from ..upstream.connection import HandshakeError, UpstreamSocket, open_upstream
+from ..upstream.connection import LISTEN_PATH, HandshakeError, UpstreamSocket, open_upstream
 from ..upstream.pool import Upstream, UpstreamPool
 from ..upstream.recovery import Recovery
 from .limits import Lease
@@ -74,9 +74,13 @@ class SessionRunner:
         max_duration_s: float = 0.0,
         client_write_timeout_s: float = 5.0,
         recovery: Recovery | None = None,
+        listen_path: str = LISTEN_PATH,
+        upstream_ping_s: float | None = None,
         http: aiohttp.ClientSession,
     ) -> None:
         self.core = core
+        self.listen_path = listen_path
+        self.upstream_ping_s = upstream_ping_s
         self.recovery = recovery
         self.client_write_timeout_s = client_write_timeout_s
         self.client_abort: Callable[[], None] | None = None  # drops the client's socket without a close
@@ -122,6 +126,8 @@ class SessionRunner:
             elif type(a) is Observe:
                 if a.kind is Latency.FIRST_WORD:
                     self.metrics.first_word.observe(a.seconds)
+                elif a.kind is Latency.END_OF_TURN:
+                    self.metrics.end_of_turn.observe(a.seconds)
                 else:
                     self.metrics.latency_by_kind[a.kind.value].observe(a.seconds)
             elif type(a) is Count:
@@ -206,6 +212,8 @@ class SessionRunner:
                     )
             case Counter.LOST_S:
                 m.audio_lost.inc(a.value)
+            case Counter.TURN:
+                m.turns.labels(a.label if a.label in ("model", "manual", "timeout") else "other").inc()
             case Counter.RECONNECT:
                 m.upstream_reconnects.labels(name, a.label).inc()
             case Counter.REPLAYED_S:
@@ -320,7 +328,10 @@ class SessionRunner:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
         try:
-            ws = await open_upstream(self.http, upstream, self.query, max_size=self.max_message_bytes)
+            ws = await open_upstream(
+                self.http, upstream, self.query, max_size=self.max_message_bytes, path=self.listen_path,
+                heartbeat=self.upstream_ping_s,
+            )  # fmt: skip
         except HandshakeError as e:
             self.pool.failure(upstream.name)
             log.info(

@@ -15,7 +15,8 @@ from ..config import Config
 from ..deepgram.encodings import AudioFormat
 from ..metrics import Metrics
 from ..session.core import Session, SessionSettings
-from ..upstream.connection import client_session
+from ..session.flux import FluxSession
+from ..upstream.connection import FLUX_PATH, LISTEN_PATH, client_session
 from ..upstream.pool import UpstreamPool
 from ..upstream.recovery import Recovery
 from .limits import Lease, Limiter
@@ -23,6 +24,9 @@ from .registry import SessionRegistry
 from .runner import ClientSocket, SessionRunner, clock
 
 log = logging.getLogger("streamproxy.edge")
+
+#: Flux upstreams close idle streams (no KeepAlive in that protocol): pings keep them open.
+UPSTREAM_PING_S = 5.0
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Gateway:
             self._recovery = Recovery(max_connects_per_s=self.cfg.reconnect.max_connects_per_s)
         return self._recovery
 
-    def settings(self, proxy_events: bool, *, resumable: bool = True) -> SessionSettings:
+    def settings(self, proxy_events: bool, *, resumable: bool = True, flux: bool = False) -> SessionSettings:
         s, r = self.cfg.session, self.cfg.reconnect
         return SessionSettings(
             frame_ms=s.frame_ms,
@@ -70,7 +74,8 @@ class Gateway:
             max_attempts=r.max_attempts,
             proxy_events=proxy_events,
             resume_grace_s=s.resume_grace_s if resumable else 0.0,
-            client_idle_timeout_s=s.client_idle_timeout_s,
+            # Flux has no KeepAlive: an idle client is kept by its pongs, not by messages.
+            client_idle_timeout_s=0.0 if flux else s.client_idle_timeout_s,
         )
 
     def open_session(
@@ -85,9 +90,12 @@ class Gateway:
         lease: Lease,
         proxy_events: bool,
         resumable: bool = True,
+        flux: bool = False,
     ) -> SessionRunner:
-        """Start a session; from here on it owns ``lease`` and ends only through its runner."""
-        core = Session(fmt, self.settings(proxy_events, resumable=resumable), now=clock(), session_id=sid)
+        """Start a session (Live, or Flux with ``flux``); from here on it owns ``lease`` and ends only
+        through its runner."""
+        settings = self.settings(proxy_events, resumable=resumable, flux=flux)
+        core = (FluxSession if flux else Session)(fmt, settings, now=clock(), session_id=sid)
         runner = SessionRunner(
             core,
             client,
@@ -99,6 +107,8 @@ class Gateway:
             max_duration_s=self.cfg.limits.max_session_s,
             client_write_timeout_s=self.cfg.session.client_write_timeout_s,
             recovery=self.recovery,
+            listen_path=FLUX_PATH if flux else LISTEN_PATH,
+            upstream_ping_s=UPSTREAM_PING_S if flux else None,
             http=self.http,
         )
         runner.client_abort = abort

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType
 from .pool import Upstream
 
 LISTEN_PATH = "/v1/listen"
+FLUX_PATH = "/v2/listen"
 
 
 @dataclass(slots=True)
@@ -28,10 +29,13 @@ class HandshakeError(Exception):
         return f"{self.status or 'network'}: {self.reason}"
 
 
-def listen_url(upstream: Upstream, query: str) -> str:
+def listen_url(upstream: Upstream, query: str, path: str = LISTEN_PATH) -> str:
+    """``url`` is a base URL (``wss://api.deepgram.com``); one ending in a listen path keeps it for v1."""
     base = upstream.url.rstrip("/")
-    if not base.endswith(LISTEN_PATH):
-        base += LISTEN_PATH
+    for known in (LISTEN_PATH, FLUX_PATH):
+        if base.endswith(known):
+            base = base[: -len(known)]
+    base += path
     return f"{base}?{query}" if query else base
 
 
@@ -83,6 +87,8 @@ async def open_upstream(
     *,
     open_timeout: float = 10.0,
     max_size: int = 16 * 1024 * 1024,
+    path: str = LISTEN_PATH,
+    heartbeat: float | None = None,
 ) -> UpstreamSocket:
     """Connect; the key travels only in this request's Authorization header."""
     headers = {"User-Agent": "streamproxy"}
@@ -91,10 +97,12 @@ async def open_upstream(
     try:
         async with asyncio.timeout(open_timeout):
             ws = await session.ws_connect(
-                listen_url(upstream, query),
+                listen_url(upstream, query, path),
                 headers=headers,
                 autoping=True,
-                heartbeat=None,  # stall detection and KeepAlive cover liveness without extra frames
+                # v1: stall detection and KeepAlive cover liveness without extra frames; Flux has no
+                # KeepAlive, so pings keep an idle stream open there.
+                heartbeat=heartbeat,
                 max_msg_size=max_size,
                 compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),

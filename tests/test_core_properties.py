@@ -47,12 +47,18 @@ def worlds(draw: st.DrawFn) -> World:
     )
 
 
+def _spans(msgs: list[dict]) -> list:
+    return [f for f in final_spans(msgs) if f[1] > 0 or f[2]]
+
+
 def check_against_reference(w: World) -> tuple[list[dict], Session]:
     got, core = w.run()
     event(f"reconnects: {min(core.stats.reconnects, 3)}{'+' if core.stats.reconnects >= 3 else ''}")
     event(f"words: {'some' if final_words(got) else 'none'}")
     want = reference_run(w.audio, w.sr, w.finalize_at)
-    assert final_spans(got) == final_spans(want)
+    # An empty, zero-length final (a CloseStream's answer when everything was already final) carries
+    # nothing: an upstream that closes 1000 before sending it loses no word, so it is not compared.
+    assert _spans(got) == _spans(want)
     words = final_words(got)
     assert words == final_words(want)
     ends = [e for _, _, e in words]

@@ -573,6 +573,7 @@ class Session:
         self._control_since = None
         self._on_new_connection(now)
         self._reapply_configure()
+        self._pump_configure()  # a Configure the client sent before this connection opened
         for item in replay:
             if item.data is not None:
                 self._actions.append(SendUpstream(item.data))
@@ -585,7 +586,6 @@ class Session:
         if replay:
             self._unanswered_since = now
         self._last_activity = now
-        self._pump_configure()
         if self.closing:
             self._send_close(now)
             if self._close_deadline is not None:  # each replacement gets the whole close wait

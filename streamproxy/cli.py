@@ -101,7 +101,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     from .stream_client import stream_file
 
-    return stream_file(args.file, args.url, key=args.key, realtime=not args.fast, interim=not args.no_interim)
+    return stream_file(
+        args.file, args.url, key=args.key, realtime=not args.fast, interim=not args.no_interim, flux=args.flux
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--key", default=os.environ.get("STREAMPROXY_KEY"), help="client key ($STREAMPROXY_KEY)")
     st.add_argument("--fast", action="store_true", help="send as fast as possible instead of real time")
     st.add_argument("--no-interim", action="store_true", help="finals only")
+    st.add_argument("--flux", action="store_true", help="use Flux (/v2/listen): one line per turn")
     st.set_defaults(func=cmd_stream)
 
     k = sub.add_parser("keys", help="manage client API keys (create, list, revoke)")

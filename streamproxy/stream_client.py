@@ -28,12 +28,25 @@ def stream_file(
     interim: bool = True,
     chunk_ms: int = 100,
     out: TextIO | None = None,
+    flux: bool = False,
 ) -> int:
-    return asyncio.run(_stream(path, url, key=key, realtime=realtime, interim=interim, chunk_ms=chunk_ms, out=out))
+    """``flux``: stream to ``/v2/listen`` and print turns (each ``EndOfTurn`` a line, ``Update`` as
+    the line in progress)."""
+    return asyncio.run(
+        _stream(path, url, key=key, realtime=realtime, interim=interim, chunk_ms=chunk_ms, out=out, flux=flux)
+    )
 
 
 async def _stream(
-    path: str, url: str, *, key: str | None, realtime: bool, interim: bool, chunk_ms: int, out: TextIO | None
+    path: str,
+    url: str,
+    *,
+    key: str | None,
+    realtime: bool,
+    interim: bool,
+    chunk_ms: int,
+    out: TextIO | None,
+    flux: bool = False,
 ) -> int:
     out = out or sys.stdout
     try:
@@ -46,12 +59,21 @@ async def _stream(
     except (OSError, wave.Error, EOFError) as e:
         print(f"streamproxy: cannot read {path}: {e}", file=sys.stderr)
         return 2
-    query = {"encoding": "linear16", "sample_rate": rate, "channels": channels, "interim_results": str(interim).lower()}
+    query: dict[str, str | int]
+    if flux:
+        if channels != 1:
+            print(f"streamproxy: {path}: Flux takes mono audio", file=sys.stderr)
+            return 2
+        query = {"model": "flux-general-en", "encoding": "linear16", "sample_rate": rate}
+    else:
+        query = {"encoding": "linear16", "sample_rate": rate, "channels": channels}
+        query["interim_results"] = str(interim).lower()
     target = url.rstrip("/")
     if target.startswith("http"):
         target = "ws" + target[4:]
-    if not target.endswith("/v1/listen"):
-        target += "/v1/listen"
+    for known in ("/v1/listen", "/v2/listen"):
+        target = target.removesuffix(known)
+    target += "/v2/listen" if flux else "/v1/listen"
     headers = {"Authorization": f"Token {key}"} if key else None
     step = rate * channels * 2 * chunk_ms // 1000
     try:
@@ -78,6 +100,11 @@ async def _stream(
                         printer.final(msg["start"], alt["transcript"])
                     else:
                         printer.interim(alt["transcript"])
+                elif kind == "TurnInfo":
+                    if msg["event"] == "EndOfTurn":
+                        printer.final(msg["audio_window_start"], msg["transcript"])
+                    elif interim and msg["transcript"]:
+                        printer.interim(msg["transcript"])
                 elif kind == "Error":
                     print(f"streamproxy: error: {msg.get('description') or msg}", file=sys.stderr)
             await sender

@@ -111,3 +111,17 @@ async def test_stream_live_captions_on_a_terminal_and_finals_only_when_piped(tmp
     assert code == 0, err
     assert ESC not in out and "\r" not in out
     assert [ln.split("] ", 1)[1] for ln in out.splitlines()] == ["w51", "w52", "w53"], out
+
+
+async def test_stream_flux_prints_one_line_per_turn(tmp_path: Path) -> None:
+    """``streamproxy stream --flux`` goes to /v2/listen and prints each EndOfTurn's transcript."""
+    wav_file = tmp_path / "a.wav"
+    wav_file.write_bytes(AUDIO)
+    cfg = gateway_config([], **{"engine.kind": "marker", "engine.processes": 1})
+    async with gateway(cfg) as gw:
+        code, out, err = await run_cli(
+            "stream", str(wav_file), "--url", f"ws://127.0.0.1:{gw.port}", "--flux", tty=None
+        )
+    assert code == 0, err
+    lines = [ln.split("] ", 1)[1] for ln in out.splitlines()]
+    assert " ".join(lines).split() == ["w51", "w52", "w53"], out

@@ -125,7 +125,9 @@ class Gateway:
         self.sessions.remove(runner)
         self.metrics.sessions_active.dec()
         outcome = runner.outcome
-        if core.stats.fatal:
+        if core.idle_closed:
+            outcome = "client_idle"  # ended by the gateway: no audio and no message (NET-0001)
+        elif core.stats.fatal:
             outcome = "upstream_error"
         elif runner.close_code == 1012:
             outcome = "drained"

@@ -372,6 +372,11 @@ class Session:
         return self.phase in (Phase.CLOSING, Phase.CLOSED)
 
     @property
+    def idle_closed(self) -> bool:
+        """The session was ended for client idleness (NET-0001)."""
+        return self._idle_closed
+
+    @property
     def detached(self) -> bool:
         return self.phase is Phase.DETACHED
 

@@ -457,14 +457,18 @@ async def test_overload_429_failover_and_clear_error(speech: Speech) -> None:
             ha, hb = await health(a), await health(b)
             assert ha["refused"] >= 1 and hb["decoder"]["decodes"] >= 1
 
-            # Only the full engine: the gateway retries (max_attempts=2), then a Deepgram-shaped Error.
-            cfg = gateway_config([f"ws://127.0.0.1:{a}"], **FAST, **{"reconnect.max_attempts": 2})
+            # Only the full engine: while the client waits after CloseStream the gateway keeps trying
+            # (close_timeout_s + buffer_seconds), then says the audio was not transcribed: a
+            # Deepgram-shaped Error and 1011, never a silent 1000.
+            cfg = gateway_config(
+                [f"ws://127.0.0.1:{a}"], **FAST, **{"session.close_timeout_s": 1.0, "session.buffer_seconds": 12.0}
+            )
             async with gateway(cfg) as gw:
                 msgs, code = await raw_stream(f"ws://127.0.0.1:{gw.port}/v1/listen", sentence)
             errors = [m for m in msgs if m["type"] == "Error"]
             assert code == 1011 and len(errors) == 1, msgs
             validate_strict(errors[0])
-            assert "429" in errors[0]["description"] and "after 2 attempts" in errors[0]["description"]
+            assert errors[0]["err_code"] == "UNTRANSCRIBED_AUDIO" and "429" in errors[0]["description"], errors
             assert (await health(a))["refused"] >= ha["refused"] + 3
 
 

@@ -235,6 +235,7 @@ class Session:
         self._close_started: float | None = None
         self._metadata: dict[str, Any] | None = None
         self._close_answered = False  # this connection delivered CloseStream's trailing results
+        self._last_failure = ""  # why the latest upstream connection failed
 
         # Mid-stream Configure: serialised (one unanswered at a time), answered to the client once,
         # and the latest accepted one re-applied to every replacement before replayed audio.
@@ -630,6 +631,7 @@ class Session:
         return self._take()
 
     def _retry(self, now: float, reason: str) -> None:
+        self._last_failure = reason
         self.connected = False
         self.attempt += 1
         self.stats.reconnects += 1
@@ -662,9 +664,10 @@ class Session:
         return self._take()
 
     def _record_loss(self) -> None:
-        if self.fmt.raw and self.ring.nbytes and not self.stats.lost_bytes:
-            self.stats.lost_bytes = self.ring.nbytes
-            self._actions.append(Count(Counter.LOST_S, self.fmt.bytes_to_seconds(self.ring.nbytes)))
+        if self.ring.nbytes and not self.stats.lost_bytes:
+            self.stats.lost_bytes = self.ring.nbytes  # container audio: an upper bound
+            if self.fmt.raw:
+                self._actions.append(Count(Counter.LOST_S, self.fmt.bytes_to_seconds(self.ring.nbytes)))
 
     def upstream_message(self, gen: int, text: str | bytes, now: float) -> list[Action]:
         """A message from the upstream: rebase, de-duplicate, acknowledge, deliver."""
@@ -914,7 +917,10 @@ class Session:
     def _close_due(self, now: float) -> None:
         """The close wait is over. With audio still unacknowledged and the client waiting, keep going
         (reconnects continue) up to ``buffer_seconds`` more; after that, say what was lost."""
-        if not self.ring.nbytes or not self.fmt.raw:
+        # Raw audio: what the ring holds is unacknowledged. Container audio is never released, so
+        # there only an unanswered CloseStream says that its end was not transcribed.
+        owed = self.ring.nbytes if self.fmt.raw or not self._close_answered else 0
+        if not owed:
             self._finish(self.close_code, "close timeout")
             return
         started = self._close_started if self._close_started is not None else now
@@ -922,8 +928,16 @@ class Session:
             self._close_deadline = now + self.s.close_timeout_s
             return
         self._record_loss()
-        lost = self.fmt.bytes_to_seconds(self.stats.lost_bytes)
-        description = f"{lost:.2f} s of audio could not be transcribed: the upstream did not answer in time"
+        why = (
+            f"the upstream did not answer in time (last failure: {self._last_failure})"
+            if self._last_failure
+            else ("the upstream did not answer in time")
+        )
+        if self.fmt.raw:
+            lost = self.fmt.bytes_to_seconds(self.stats.lost_bytes)
+            description = f"{lost:.2f} s of audio could not be transcribed: {why}"
+        else:
+            description = f"the end of the audio could not be transcribed: {why}"
         self.stats.fatal = description
         self._emit_error("UNTRANSCRIBED_AUDIO", description, "UpstreamError")
         self._finish(1011, "audio not transcribed")

@@ -223,13 +223,21 @@ def marker_wav(directory: Path, rate: int) -> Path:
 def check_timeline(words: list[tuple[str, float, float]]) -> None:
     """Consecutive words follow the file exactly: next marker in the cycle, 0.6 s (0.9 s at the seam) later.
 
-    A word lost or repeated breaks the order; audio lost or resent twice shifts the spacing."""
+    A word lost or repeated breaks the order; audio lost or resent twice shifts the spacing. The
+    page resends what it holds from a chunk boundary (hundreds of ms, as its log shows), so a resume
+    error is that large; Chromium's fake microphone itself, on a loaded machine, now and then skips
+    or repeats one 20 ms capture buffer (seen also far from any cut), which the tolerance allows once."""
     names = [f"w{k}" for k in MARKERS]
+    glitches = []
     for (a, sa, _), (b, sb, _) in itertools.pairwise(words):
         i = names.index(a)
         assert b == names[(i + 1) % len(names)], (a, b, words)
         gap = 0.9 if i == len(names) - 1 else 0.6
-        assert abs(sb - sa - gap) < 0.002, (a, sa, b, sb)
+        dev = abs(sb - sa - gap)
+        assert dev < 0.025, (a, sa, b, sb)
+        if dev >= 0.002:
+            glitches.append((a, sa, b, sb))
+    assert len(glitches) <= 1, glitches
 
 
 async def page_words(page: Any) -> list[tuple[str, float, float]]:

@@ -123,6 +123,8 @@ async def _pump(ws: web.WebSocketResponse, runner: SessionRunner, *, flux: bool 
     ends the loop (close, error, an exception from the socket), the session hears of it."""
     try:
         async for msg in ws:
+            if runner.client is not ws:
+                break  # resumed on another socket: late frames of this one must not be fed twice
             if msg.type == WSMsgType.BINARY:
                 if msg.data:
                     await runner.feed_audio(msg.data)

@@ -670,6 +670,7 @@ async def test_chaos_random_faults_lose_nothing_and_leave_no_session(monkeypatch
         elif p.kind == "silent":
             assert got.close_code == 1011, why(where + f"close {got.close_code}, {got.error}, end {end}")
             assert got.messages and got.messages[-1].get("err_code") == "NET-0001", why(where + f"{got.messages[-1:]}")
+            assert end["outcome"] == "client_idle", why(where + f"session end {end}")
             words, want = final_words(got.messages), refs[p.index]
             assert words == want, why(where + f"words differ from the fault-free run: {words} != {want}")
     # The garbage reached the gateway and was counted, never shown (checked per client above).

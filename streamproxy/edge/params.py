@@ -40,10 +40,8 @@ def _int(name: str, value: str, lo: int, hi: int) -> int:
     return bounded_int(name, value, lo, hi, error=ParamError)
 
 
-def parse_params(query: MultiMapping[str]) -> StreamParams:
-    """Validate a Deepgram Live query; raises ParamError with a message for the client."""
-    check_query(query, LIVE_PARAMS | PROXY_PARAMS, bools=BOOL_PARAMS, error=ParamError)
-    encoding = query.get("encoding")
+def _encoding(query: MultiMapping[str], encoding: str | None) -> tuple[str | None, int]:
+    """(encoding, sample rate); ``None``: a self-describing container."""
     if encoding is not None:
         encoding = encoding.lower()
         if encoding not in RAW_BYTES_PER_SAMPLE and encoding not in CONTAINER_ENCODINGS:
@@ -52,17 +50,29 @@ def parse_params(query: MultiMapping[str]) -> StreamParams:
     sample_rate = query.get("sample_rate")
     if encoding in RAW_BYTES_PER_SAMPLE and sample_rate is None:
         raise ParamError(f"sample_rate is required with encoding={encoding}")
-    sr = _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
-    channels = _int("channels", query.get("channels", "1"), 1, 16)
-    if "endpointing" in query and query["endpointing"].lower() not in ("true", "false"):
-        _int("endpointing", query["endpointing"], 0, 60_000)  # Deepgram: true, false or milliseconds
-    if "utterance_end_ms" in query:
-        _int("utterance_end_ms", query["utterance_end_ms"], 0, 60_000)
+    return encoding, _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
+
+
+def _resume(query: MultiMapping[str]) -> tuple[str | None, int | None, int | None]:
+    """streamproxy's resume extension: (session id, last seq, audio offset)."""
     resume = query.get("resume")
     last_seq = _int("last_seq", query["last_seq"], 0, 2**62) if "last_seq" in query else None
     audio_offset = _int("audio_offset", query["audio_offset"], 0, 2**62) if "audio_offset" in query else None
     if (last_seq is not None or audio_offset is not None) and not resume:
         raise ParamError("last_seq and audio_offset are only valid with resume=<session id>")
+    return resume, last_seq, audio_offset
+
+
+def parse_params(query: MultiMapping[str]) -> StreamParams:
+    """Validate a Deepgram Live query; raises ParamError with a message for the client."""
+    check_query(query, LIVE_PARAMS | PROXY_PARAMS, bools=BOOL_PARAMS, error=ParamError)
+    encoding, sr = _encoding(query, query.get("encoding"))
+    channels = _int("channels", query.get("channels", "1"), 1, 16)
+    if "endpointing" in query and query["endpointing"].lower() not in ("true", "false"):
+        _int("endpointing", query["endpointing"], 0, 60_000)  # Deepgram: true, false or milliseconds
+    if "utterance_end_ms" in query:
+        _int("utterance_end_ms", query["utterance_end_ms"], 0, 60_000)
+    resume, last_seq, audio_offset = _resume(query)
     upstream = [(k, v) for k, v in query.items() if k not in PROXY_PARAMS]
     return StreamParams(
         fmt=AudioFormat(encoding, sr, channels),
@@ -98,24 +108,13 @@ def parse_flux_params(query: MultiMapping[str]) -> StreamParams:
     model = query.get("model")
     if model is None or not model.startswith("flux-"):
         raise ParamError(f"model must be a Flux model (flux-general-en, flux-general-multi), got {model!r}")
-    encoding = (query.get("encoding") or "linear16").lower()
-    if encoding not in RAW_BYTES_PER_SAMPLE and encoding not in CONTAINER_ENCODINGS:
-        allowed = ", ".join(sorted(set(RAW_BYTES_PER_SAMPLE) | CONTAINER_ENCODINGS))
-        raise ParamError(f"unsupported encoding {encoding!r}; use one of {allowed}")
-    sample_rate = query.get("sample_rate")
-    if encoding in RAW_BYTES_PER_SAMPLE and sample_rate is None:
-        raise ParamError(f"sample_rate is required with encoding={encoding}")
-    sr = _int("sample_rate", sample_rate, 2000, 192_000) if sample_rate is not None else 16_000
+    encoding, sr = _encoding(query, query.get("encoding") or "linear16")
     eot = _fraction("eot_threshold", query["eot_threshold"]) if "eot_threshold" in query else 0.7
     if "eager_eot_threshold" in query and _fraction("eager_eot_threshold", query["eager_eot_threshold"]) > eot:
         raise ParamError("eager_eot_threshold must not be above eot_threshold")
     if "eot_timeout_ms" in query:
         _int("eot_timeout_ms", query["eot_timeout_ms"], 500, 10_000)
-    resume = query.get("resume")
-    last_seq = _int("last_seq", query["last_seq"], 0, 2**62) if "last_seq" in query else None
-    audio_offset = _int("audio_offset", query["audio_offset"], 0, 2**62) if "audio_offset" in query else None
-    if (last_seq is not None or audio_offset is not None) and not resume:
-        raise ParamError("last_seq and audio_offset are only valid with resume=<session id>")
+    resume, last_seq, audio_offset = _resume(query)
     upstream = [(k, v) for k, v in query.items() if k not in PROXY_PARAMS]
     return StreamParams(
         fmt=AudioFormat(encoding, sr, 1),

@@ -107,7 +107,7 @@ class ReconnectConfig:
     first_retry_s: float = 0.25
     breaker_failures: int = 3
     breaker_cooldown_s: float = 30.0
-    max_connects_per_s: float = 50.0  # per upstream, when waiting sessions reconnect after an outage
+    max_connects_per_s: float = 200.0  # per upstream, when waiting sessions reconnect after an outage
 
 
 @dataclass(frozen=True, slots=True)

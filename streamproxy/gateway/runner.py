@@ -347,6 +347,8 @@ class SessionRunner:
         self.upstream = upstream
         upstream.active += 1
         self.metrics.upstream_connects.labels(upstream.name).inc()
+        if recovery is not None and a.reason != "initial":
+            recovery.reconnected(self)  # it accepts connections again: wake the other waiters now
         self.apply(core.upstream_connected(a.gen, upstream.name, clock()))
         got_message = False
         while (msg := await ws.receive()) is not None:
@@ -359,8 +361,6 @@ class SessionRunner:
             if not got_message and core.gen == a.gen:
                 got_message = True
                 self.pool.success(upstream.name)
-                if recovery is not None and a.reason != "initial":
-                    recovery.reconnected(self)
             self.apply(actions, inline=True)
             await self.flush()
             self.metrics.overhead_downstream.observe(time.perf_counter() - t0)

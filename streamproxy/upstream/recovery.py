@@ -18,7 +18,7 @@ __all__ = ["Recovery"]
 
 
 class Recovery:
-    def __init__(self, *, max_connects_per_s: float = 50.0, probe_interval_s: float = 0.5) -> None:
+    def __init__(self, *, max_connects_per_s: float = 200.0, probe_interval_s: float = 0.5) -> None:
         self.interval = 1.0 / max_connects_per_s
         self.probe_interval_s = probe_interval_s
         self._recovered = asyncio.Event()

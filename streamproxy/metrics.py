@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: Transcript latency: from tens of milliseconds to many seconds (replay after an outage).
+PROTOCOLS = ("v1", "v2", "twilio")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 #: Time spent inside the proxy: tens of microseconds to a few milliseconds.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -16,9 +17,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         p = "streamproxy_"
-        self.sessions_active = Gauge(p + "sessions_active", "Client streaming sessions open", registry=r)
+        # protocol: v1 (Live), v2 (Flux), twilio (Twilio Media Streams over a Live session).
+        self.sessions_active = Gauge(p + "sessions_active", "Client streaming sessions open", ["protocol"], registry=r)
         self.sessions_total = Counter(
-            p + "sessions_total", "Client streaming sessions ended, by outcome", ["outcome"], registry=r
+            p + "sessions_total", "Client streaming sessions ended, by outcome", ["outcome", "protocol"], registry=r
         )
         self.upstream_connects = Counter(
             p + "upstream_connects_total", "Upstream connections opened", ["upstream"], registry=r
@@ -99,5 +101,7 @@ class Metrics:
         # Hot path (every frame, every result): pre-bound children skip labels()' lock and dict lookup,
         # and their series exist at 0 from the first scrape, so dashboards' rate() works at once.
         self.latency_by_kind = {k: self.latency.labels(k) for k in ("interim", "final")}
+        for protocol in PROTOCOLS:  # every series exists at 0 from the first scrape
+            self.sessions_active.labels(protocol)
         self.overhead_upstream = self.overhead.labels("upstream")
         self.overhead_downstream = self.overhead.labels("downstream")

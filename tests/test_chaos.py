@@ -507,8 +507,14 @@ class SessionEnds(logging.Handler):
 
 
 def sample(gw: Any, name: str, labels: dict[str, str] | None = None) -> float:
-    value = gw.gateway.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else float(value)
+    """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
+    want = labels or {}
+    return sum(
+        s.value
+        for fam in gw.gateway.metrics.registry.collect()
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in want.items())
+    )
 
 
 def metric_sum(gw: Any, name: str) -> float:

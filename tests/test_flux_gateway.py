@@ -89,6 +89,15 @@ async def test_sdk_v2_through_the_gateway_exact_turns_and_last_turn_at_close() -
     cfg = gateway_config([], **FAST, **{"engine.kind": "marker", "engine.processes": 1})
     async with gateway(cfg) as gw:
         got = await _stream(gw.port, AUDIO)
+        reg = gw.gateway.metrics.registry
+        for _ in range(100):  # the session's accounting runs just after its close
+            if reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2"}):
+                break
+            await asyncio.sleep(0.02)
+        assert reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2"}) == 1
+        assert not reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v1"})
+        assert reg.get_sample_value("streamproxy_turns_total", {"trigger": "manual"}) == 1
+        assert reg.get_sample_value("streamproxy_end_of_turn_latency_seconds_count") == 3
     check_timeline(got)
     assert turns(got) == expected(AUDIO)
     assert [t[3] for t in turns(got)] == ["w31", "w32 w33", "w34"]
@@ -120,7 +129,7 @@ async def test_sigkill_engine_mid_turn_and_during_replay_loses_and_repeats_nothi
             s.value for f in reg.collect() if f.name == "streamproxy_upstream_reconnects"
             for s in f.samples if s.name.endswith("_total")
         )  # fmt: skip
-        active = reg.get_sample_value("streamproxy_sessions_active")
+        active = reg.get_sample_value("streamproxy_sessions_active", {"protocol": "v2"})
     assert kills == [4, 5]
     assert reconnects >= 2
     check_timeline(got)

@@ -221,23 +221,35 @@ def marker_wav(directory: Path, rate: int) -> Path:
 
 
 def check_timeline(words: list[tuple[str, float, float]]) -> None:
-    """Consecutive words follow the file exactly: next marker in the cycle, 0.6 s (0.9 s at the seam) later.
+    """Consecutive words follow the file: next marker in the cycle, 0.6 s (about 0.9 s at the seam) later.
 
     A word lost or repeated breaks the order; audio lost or resent twice shifts the spacing. The
     page resends what it holds from a chunk boundary (hundreds of ms, as its log shows), so a resume
     error is that large; Chromium's fake microphone itself, on a loaded machine, now and then skips
-    or repeats one 20 ms capture buffer (seen also far from any cut), which the tolerance allows once."""
+    or repeats a 10-20 ms capture buffer (seen also before any cut, in the suite's baseline run too):
+    a shift under 25 ms, or a word split by a gap under 30 ms, is allowed twice in the run."""
     names = [f"w{k}" for k in MARKERS]
     glitches = []
-    for (a, sa, _), (b, sb, _) in itertools.pairwise(words):
+    merged: list[tuple[str, float, float]] = []
+    for w in words:  # a capture glitch inside a word splits it in two, a few ms apart
+        if merged and merged[-1][0] == w[0] and w[1] - merged[-1][2] < 0.03:
+            glitches.append((merged[-1], w))
+            merged[-1] = (w[0], merged[-1][1], w[2])
+        else:
+            merged.append(w)
+    for (a, sa, _), (b, sb, _) in itertools.pairwise(merged):
         i = names.index(a)
         assert b == names[(i + 1) % len(names)], (a, b, words)
-        gap = 0.9 if i == len(names) - 1 else 0.6
-        dev = abs(sb - sa - gap)
+        if i == len(names) - 1:
+            # Chromium's loop of the file is not sample-exact (its seam moved by 10-30 ms from run
+            # to run, cuts or not): across it only the order and the rough spacing are checked.
+            assert abs(sb - sa - 0.9) < 0.1, (a, sa, b, sb)
+            continue
+        dev = abs(sb - sa - 0.6)
         assert dev < 0.025, (a, sa, b, sb)
         if dev >= 0.002:
             glitches.append((a, sa, b, sb))
-    assert len(glitches) <= 1, glitches
+    assert len(glitches) <= 2, glitches
 
 
 async def page_words(page: Any) -> list[tuple[str, float, float]]:

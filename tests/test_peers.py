@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -27,9 +28,15 @@ EXPECTED = expected_words(SEGMENTS, SR)
 QUERY = "/v1/listen?encoding=linear16&sample_rate=16000"
 
 
-def sample(gw: object, name: str, labels: dict[str, str] | None = None) -> float:
-    value = gw.gateway.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
-    return 0.0 if value is None else float(value)
+def sample(gw: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
+    want = labels or {}
+    return sum(
+        s.value
+        for fam in gw.gateway.metrics.registry.collect()
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in want.items())
+    )
 
 
 async def wait_until(cond: object, timeout: float, what: str) -> None:

@@ -95,6 +95,7 @@ class SessionRunner:
         self.http = http  # the gateway's client for upstream connections
         self.client: ClientSocket | None = client
         self.owner = ""  # the client key that opened the session (who may resume it)
+        self.protocol = "v1"  # metric label: v1, v2 or twilio
         self.outcome = "ok"
         self.pool = pool
         self.query = upstream_query

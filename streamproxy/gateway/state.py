@@ -91,6 +91,7 @@ class Gateway:
         proxy_events: bool,
         resumable: bool = True,
         flux: bool = False,
+        protocol: str | None = None,
     ) -> SessionRunner:
         """Start a session (Live, or Flux with ``flux``); from here on it owns ``lease`` and ends only
         through its runner."""
@@ -113,9 +114,10 @@ class Gateway:
         )
         runner.client_abort = abort
         runner.owner = owner
+        runner.protocol = protocol or ("v2" if flux else "v1")
         runner.lease = lease
         self.sessions.add(runner)
-        self.metrics.sessions_active.inc()
+        self.metrics.sessions_active.labels(runner.protocol).inc()
         runner.start()
         return runner
 
@@ -123,7 +125,7 @@ class Gateway:
         """Accounting once per session, whichever way it ended."""
         core = runner.core
         self.sessions.remove(runner)
-        self.metrics.sessions_active.dec()
+        self.metrics.sessions_active.labels(runner.protocol).dec()
         outcome = runner.outcome
         if core.idle_closed:
             outcome = "client_idle"  # ended by the gateway: no audio and no message (NET-0001)
@@ -131,7 +133,7 @@ class Gateway:
             outcome = "upstream_error"
         elif runner.close_code == 1012:
             outcome = "drained"
-        self.metrics.sessions_total.labels(outcome).inc()
+        self.metrics.sessions_total.labels(outcome, runner.protocol).inc()
         self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
         log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
         lease = runner.lease

@@ -185,7 +185,7 @@ class TwilioStream:
         # Twilio never resumes a stream: not resumable, so a drop finishes the transcript at once.
         self.runner = self.gw.open_session(
             self.stream_sid, params.fmt, params.upstream_query, client, owner=owner, lease=self.lease,
-            proxy_events=params.proxy_events, resumable=False,
+            proxy_events=params.proxy_events, resumable=False, protocol="twilio",
         )  # fmt: skip
         log.info(
             "twilio stream start",

@@ -407,3 +407,32 @@ async def test_static_name_of_3000_characters_is_a_404() -> None:
                     assert r.status == 404, (len(name), r.status)
             async with http.get(f"http://127.0.0.1:{gw.port}/static/app.js") as r:
                 assert r.status == 200
+
+
+async def test_page_flux_mode_shows_one_caption_per_turn(tmp_path: Path) -> None:
+    """Settings → Flux: the page streams to /v2/listen and shows each EndOfTurn as a caption line.
+    The file's words are 360 ms apart, less than the 500 ms of silence ``eot_threshold=0.5`` (set in
+    the page's extra options) needs to end a turn; only the file's loop seam (660 ms) is longer, so
+    each turn is one pass through the file: its eight words, in order."""
+    _require_browser()
+    wav = marker_wav(tmp_path, await context_rate())
+    async with gateway(gateway_config([], **{"engine.kind": "marker", "engine.processes": 1})) as gw:
+        async with browser_page(wav) as page:
+            await page.goto(f"http://127.0.0.1:{gw.port}/")
+            await page.click("#settings summary")
+            await page.check("#flux")
+            await page.fill("#options", "eot_threshold=0.5")
+            await page.click("#start")
+            await until(page, "window.streamproxyPage.turns.length >= 2", 30)
+            turns = await page.evaluate("window.streamproxyPage.turns.map(t => [t.turn_index, t.transcript])")
+            shown = await page.evaluate("[...document.querySelectorAll('#finals .turn')].map(e => e.textContent)")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "page-flux.png"), full_page=True)
+            assert not page.errors, page.errors
+            await page.click("#stop")
+            await until(page, "document.getElementById('state').dataset.state === 'idle'", 20)
+    one_pass = " ".join(f"w{k}" for k in MARKERS)
+    assert [i for i, _ in turns] == list(range(len(turns)))
+    assert all(t == one_pass for _, t in turns[1:]), turns
+    assert one_pass.endswith(turns[0][1]), turns  # the first may have started inside the file
+    assert shown[: len(turns)] == [t for _, t in turns]

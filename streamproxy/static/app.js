@@ -19,6 +19,8 @@
   const HOLD_MAX_S = 120; // audio held while disconnected before giving up on resuming
   const LAT_WINDOW = 300; // results in the page's own latency figures
   const BASE_QUERY = "encoding=linear16&sample_rate=16000&interim_results=true&proxy_events=true";
+  // Flux: turns instead of results; the same audio, resume and latency extensions.
+  const FLUX_QUERY = "model=flux-general-en&encoding=linear16&sample_rate=16000&proxy_events=true";
 
   const $ = (id) => document.getElementById(id);
 
@@ -80,6 +82,8 @@
     statsTimer: null,
     lat: { interim: [], final: [] },
     finals: [], // the latest final results as received (for debugging and the browser test)
+    flux: false, // this run uses Flux (/v2/listen)
+    turns: [], // Flux: the EndOfTurn messages as received
   };
   window.streamproxyPage = st; // for debugging and the browser test
 
@@ -261,7 +265,43 @@
 
   function query() {
     const extra = $("options").value.trim().replace(/^[?&]+/, "");
-    return extra ? `${BASE_QUERY}&${extra}` : BASE_QUERY;
+    const base = st.flux ? FLUX_QUERY : BASE_QUERY;
+    return extra ? `${base}&${extra}` : base;
+  }
+
+  /** Flux turns: the turn so far is the live line (marked while the agent may answer: eager end
+   * of turn), each EndOfTurn becomes a caption line of its own. */
+  function onTurn(msg) {
+    const text = (msg.transcript || "").trim();
+    const interim = $("interim");
+    if (msg.event === "EndOfTurn") {
+      st.turns.push(msg);
+      if (st.turns.length > 500) st.turns.shift();
+      const end = Math.round(msg.audio_window_end * SR) * 2;
+      if (end > st.finalEnd) st.finalEnd = end;
+      const latency = msg.proxy && msg.proxy.latency_ms;
+      if (typeof latency === "number") {
+        st.lat.final.push(latency);
+        if (st.lat.final.length > LAT_WINDOW) st.lat.final.shift();
+        showClientLatency();
+      }
+      interim.textContent = "";
+      interim.classList.remove("eager");
+      if (text) {
+        const span = document.createElement("span");
+        span.className = "final turn";
+        span.dataset.seq = String(msg.proxy ? msg.proxy.seq : "");
+        span.dataset.turn = String(msg.turn_index);
+        span.textContent = text;
+        $("finals").append(span, document.createElement("br"));
+        $("placeholder").hidden = true;
+      }
+    } else {
+      if (msg.event === "EagerEndOfTurn") interim.classList.add("eager");
+      else if (msg.event === "TurnResumed" || msg.event === "StartOfTurn") interim.classList.remove("eager");
+      interim.textContent = text;
+      if (text) $("placeholder").hidden = true;
+    }
   }
 
   function freshSession() {
@@ -281,7 +321,7 @@
     const protocols = await credentials();
     if (!st.running) return;
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = `${proto}//${location.host}/v1/listen?${query()}`;
+    let url = `${proto}//${location.host}/${st.flux ? "v2" : "v1"}/listen?${query()}`;
     if (resume) {
       st.resumeFrom = st.history.start;
       url += `&resume=${encodeURIComponent(st.sessionId)}&last_seq=${st.lastSeq}&audio_offset=${st.resumeFrom}`;
@@ -318,6 +358,8 @@
       }
       if (msg.type === "ProxyStatus") onStatus(msg);
       else if (msg.type === "Results") onResults(msg);
+      else if (msg.type === "TurnInfo") onTurn(msg);
+      else if (msg.type === "Warning") log(`warning: ${msg.description}`);
       else if (msg.type === "Error") {
         log(`error: ${msg.description || msg.err_msg}`, "error");
         if (msg.err_code === "RESUME_FAILED") sock.refused = true;
@@ -386,6 +428,7 @@
   // ------------------------------------------------------------------ start / stop
   async function start() {
     if (st.running) return;
+    st.flux = $("flux").checked;
     if (!window.isSecureContext || !navigator.mediaDevices) {
       setState("error", "the microphone needs https or localhost");
       return;

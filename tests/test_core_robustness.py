@@ -170,3 +170,20 @@ def test_long_outage_with_client_present_never_gives_up() -> None:
     got, core = w.run()
     assert core.stats.reconnects >= 400 and not core.stats.fatal
     assert [x[0] for x in final_words(got)] == ["w3", "w5"] * 4
+
+
+def test_upstream_error_is_shown_only_when_the_stream_goes_on() -> None:
+    """An upstream Error followed by more messages was non-fatal: the client gets it, once, in order.
+    One followed by a close is the close's business (reconnect and replay): the client never sees it."""
+    h = Harness(SessionSettings())
+    h.connect(Upstream())
+    gen = h.core.gen
+    err = '{"type":"Error","variant":"Warning","description":"keyterm ignored","message":"keyterm ignored"}'
+    h.handle(h.core.upstream_message(gen, err, 0.1))
+    assert h.client == []  # held until the stream shows it goes on
+    h.handle(h.core.client_audio(marker_audio([("word", 3, 200), ("sil", 0, 400)], SR), 0.7))
+    assert [m["type"] for m in h.client][:1] == ["Error"] and final_words(h.client)[0][0] == "w3"
+    h.handle(h.core.upstream_message(gen, err.replace("keyterm ignored", "going away"), 0.8))
+    h.handle(h.core.upstream_closed(gen, 1011, "", 0.8))
+    assert [m["type"] for m in h.client].count("Error") == 1  # the fatal one was not shown
+    assert len(h.connects) == 2  # ... and the connection is replaced

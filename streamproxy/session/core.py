@@ -236,6 +236,7 @@ class Session:
         self._metadata: dict[str, Any] | None = None
         self._close_answered = False  # this connection delivered CloseStream's trailing results
         self._last_failure = ""  # why the latest upstream connection failed
+        self._held_error: dict[str, Any] | None = None
 
         # Mid-stream Configure: serialised (one unanswered at a time), answered to the client once,
         # and the latest accepted one re-applied to every replacement before replayed audio.
@@ -323,7 +324,7 @@ class Session:
         elif kind in ("ConfigureSuccess", "ConfigureFailure"):
             self._on_configure_answer(msg)
         elif kind == "Error":
-            pass  # the close that follows decides retry or fatal
+            self._held_error = msg  # fatal if the connection closes now; else shown (non-fatal)
         else:
             self._deliver(msg)
 
@@ -417,6 +418,7 @@ class Session:
         self._control_since = None
         self._controls_pending = 0
         self._close_answered = False
+        self._held_error = None  # an upstream Error: the close that follows it decides
         self._actions.append(Connect(delay, self.attempt, self.gen, reason))
 
     @property
@@ -686,6 +688,9 @@ class Session:
         self._stall_strikes = 0
         if self.attempt:
             self.attempt = 0  # the connection works: the next failure starts the backoff again
+        if self._held_error is not None:  # the stream went on after it: a non-fatal Error
+            held, self._held_error = self._held_error, None
+            self._deliver(held)
         self._on_message(msg["type"], msg, text, now)
         return self._take()
 

@@ -110,7 +110,8 @@ class FluxSession(Session):
             self._on_configure_answer(msg)
         elif kind == "Warning":
             self._deliver(msg)
-        # Error: the close that follows decides retry or fatal.
+        elif kind == "Error":
+            self._held_error = msg  # fatal if the connection closes now; else shown (non-fatal)
 
     # ------------------------------------------------------------------ turns
     def _on_turn(self, msg: dict[str, Any], now: float) -> None:

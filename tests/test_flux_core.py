@@ -55,6 +55,7 @@ class Run:
     audio: bytes
     chunks: list[int]
     drops: list[int] = field(default_factory=list)  # drop the upstream after these many sends
+    refusals: int = 0  # the first reconnect handshakes answer 503
     close: bool = True
 
     def go(self) -> tuple[list[dict], FluxSession]:
@@ -96,10 +97,16 @@ class Run:
                 elif isinstance(a, CloseClient):
                     state["closed"] = True
 
+        refusals = [self.refusals]
+
         def connect_pending() -> None:
             while pending and not state["closed"]:
                 a = pending.pop(0)
                 if a.gen != core.gen:
+                    continue
+                if a.reason != "initial" and refusals[0] > 0:
+                    refusals[0] -= 1
+                    handle(core.upstream_failed(a.gen, 503, "busy", now))
                     continue
                 up = Upstream()
                 state["up"] = up
@@ -182,10 +189,15 @@ segment = st.one_of(
     st.lists(segment, min_size=1, max_size=14),
     st.lists(st.integers(2, 4000).map(lambda n: n - n % 2), min_size=1, max_size=5),
     st.lists(st.integers(1, 120), max_size=4),
+    st.integers(0, 3),
 )
-def test_turns_equal_the_uninterrupted_run_under_drops(segs: list, chunks: list[int], drops: list[int]) -> None:
+def test_turns_equal_the_uninterrupted_run_under_drops(
+    segs: list, chunks: list[int], drops: list[int], refusals: int
+) -> None:
+    """Drops anywhere (also during a replay: sends are counted across connections) and refused
+    reconnect handshakes."""
     audio = marker_audio(segs, SR)
-    msgs, core = Run(audio, chunks, drops).go()
+    msgs, core = Run(audio, chunks, drops, refusals).go()
     check(msgs, audio)
     assert core.done
 

@@ -30,6 +30,7 @@ __all__ = [
     "ReconnectConfig",
     "ServerConfig",
     "SessionConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "load_config",
     "redact",
@@ -161,6 +162,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    otlp_endpoint: str = ""  # "" = no tracing; e.g. http://127.0.0.1:4318 (OTLP over HTTP)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str = "json"  # json|text
@@ -177,6 +183,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -189,6 +196,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "limits": LimitsConfig,
     "metrics": MetricsConfig,
+    "tracing": TracingConfig,
     "log": LogConfig,
 }
 _UPSTREAM_KEYS = ("url", "api_key", "priority")
@@ -281,6 +289,9 @@ _SPECS: dict[str, _Spec] = {
     "reconnect.breaker_failures": _int_range(1),
     "reconnect.breaker_cooldown_s": _positive(),
     "reconnect.max_connects_per_s": _positive(),
+    "tracing.otlp_endpoint": _Spec(
+        '"" or an http:// or https:// URL', lambda v: v == "" or v.startswith(("http://", "https://"))
+    ),
     "queue.redis_url": _Spec('"" or a redis://, rediss:// or unix:// URL', _is_redis_url),
     "queue.prefix": _non_empty(),
     "queue.concurrency": _int_range(1, 10000),

@@ -22,6 +22,7 @@ from .gateway.limits import Limiter
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
+from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
 
@@ -61,20 +62,25 @@ class Running:
     runner: web.AppRunner
     port: int
     supervisor: EngineSupervisor | None
+    owns_tracer: bool = True  # made from [tracing] here (a tracer passed in is its owner's to stop)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.gateway.close()
+        if self.owns_tracer:
+            self.gateway.tracer.shutdown()  # flushes the spans still batched
         if self.supervisor is not None:
             await self.supervisor.stop()
 
 
-async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
+async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Tracer | None = None) -> Running:
     """Start everything; returns once the port accepts connections."""
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
     pool, supervisor = await upstreams_from_config(cfg)
-    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg))
+    owns_tracer = tracer is None
+    tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")
+    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer)
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
@@ -96,7 +102,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = ()) -> Running:
             "anonymous": auth.anonymous_allowed(),
         },
     )
-    return Running(gw, runner, port, supervisor)
+    return Running(gw, runner, port, supervisor, owns_tracer)
 
 
 def reload(running: Running, new: Config) -> None:

@@ -34,6 +34,7 @@ from ..session.core import (
     SendUpstream,
     Session,
 )
+from ..tracing import Tracer
 from ..upstream.connection import LISTEN_PATH, HandshakeError, UpstreamSocket, open_upstream
 from ..upstream.pool import Upstream, UpstreamPool
 from ..upstream.recovery import Recovery
@@ -77,8 +78,11 @@ class SessionRunner:
         listen_path: str = LISTEN_PATH,
         upstream_ping_s: float | None = None,
         http: aiohttp.ClientSession,
+        tracer: Tracer | None = None,
     ) -> None:
         self.core = core
+        self.tracer = tracer or Tracer()
+        self.span: Any = None  # the session's trace span (None: tracing off)
         self.listen_path = listen_path
         self.upstream_ping_s = upstream_ping_s
         self.recovery = recovery
@@ -219,6 +223,7 @@ class SessionRunner:
                 m.upstream_reconnects.labels(name, a.label).inc()
             case Counter.REPLAYED_S:
                 m.audio_replayed.inc(a.value)
+                self.tracer.end(self.tracer.start("replay", self.span, upstream=name, replay_s=round(a.value, 3)))
             case Counter.DROPPED_S:
                 m.audio_dropped.inc(a.value)
                 log.warning(
@@ -328,12 +333,14 @@ class SessionRunner:
         if self._last_upstream and upstream.name != self._last_upstream:
             self.metrics.upstream_failovers.labels(upstream.name).inc()
         self._last_upstream = upstream.name
+        span = self.tracer.start("upstream.connect", self.span, upstream=upstream.name, reason=a.reason)
         try:
             ws = await open_upstream(
                 self.http, upstream, self.query, max_size=self.max_message_bytes, path=self.listen_path,
                 heartbeat=self.upstream_ping_s,
             )  # fmt: skip
         except HandshakeError as e:
+            self.tracer.end(span, error=str(e), attributes={"status": e.status or 0})
             self.pool.failure(upstream.name)
             log.info(
                 "upstream connect failed",
@@ -341,6 +348,7 @@ class SessionRunner:
             )
             self.apply(core.upstream_failed(a.gen, e.status, e.reason, clock()))
             return
+        self.tracer.end(span)
         if a.gen != core.gen or core.done:
             ws.abort()
             return

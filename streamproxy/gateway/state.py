@@ -16,6 +16,7 @@ from ..deepgram.encodings import AudioFormat
 from ..metrics import Metrics
 from ..session.core import Session, SessionSettings
 from ..session.flux import FluxSession
+from ..tracing import Tracer
 from ..upstream.connection import FLUX_PATH, LISTEN_PATH, client_session
 from ..upstream.pool import UpstreamPool
 from ..upstream.recovery import Recovery
@@ -38,6 +39,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False
+    tracer: Tracer = field(default_factory=Tracer)
     _http: aiohttp.ClientSession | None = None
     _recovery: Recovery | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
@@ -111,10 +113,12 @@ class Gateway:
             listen_path=FLUX_PATH if flux else LISTEN_PATH,
             upstream_ping_s=UPSTREAM_PING_S if flux else None,
             http=self.http,
+            tracer=self.tracer,
         )
         runner.client_abort = abort
         runner.owner = owner
         runner.protocol = protocol or ("v2" if flux else "v1")
+        runner.span = self.tracer.start("session", session_id=sid, protocol=runner.protocol)
         runner.lease = lease
         self.sessions.add(runner)
         self.metrics.sessions_active.labels(runner.protocol).inc()
@@ -135,7 +139,9 @@ class Gateway:
             outcome = "drained"
         self.metrics.sessions_total.labels(outcome, runner.protocol).inc()
         self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
-        log.info("session end", extra={"event": "session_end", "outcome": outcome, **runner.summary()})
+        summary = runner.summary()
+        log.info("session end", extra={"event": "session_end", "outcome": outcome, **summary})
+        self.tracer.end(runner.span, error=core.stats.fatal, attributes={"outcome": outcome, **summary})
         lease = runner.lease
         if lease is not None and not lease.released:
             task = asyncio.get_running_loop().create_task(lease.release())

@@ -80,7 +80,7 @@ class JobsService:
             if start_worker and self.worker is None:
                 # Counts into the gateway's registry: one /metrics for the gateway and its worker.
                 metrics = WorkerMetrics(self.gw.metrics.registry)
-                self.worker = JobWorker(self.cfg, self.redis_url, self.gw.pool, metrics=metrics)
+                self.worker = JobWorker(self.cfg, self.redis_url, self.gw.pool, metrics=metrics, tracer=self.gw.tracer)
                 await self.worker.start()
             return self.jq
 

@@ -35,6 +35,7 @@ from ..config import Config
 from ..loop import run
 from ..outbound.fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from ..outbound.webhooks import deliver, new_secret
+from ..tracing import Tracer, tracer_from_config
 from ..upstream.metrics import register_upstream_metrics
 from ..upstream.pool import UpstreamPool
 from ..upstream.prerecorded import UpstreamRejected, recognize
@@ -80,8 +81,10 @@ class JobWorker:
         concurrency: int | None = None,
         name: str = "",
         metrics: WorkerMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.cfg = cfg
+        self.tracer = tracer or Tracer()
         self.q = cfg.queue
         self.redis_url = redis_url
         self.pool = pool
@@ -122,11 +125,11 @@ class JobWorker:
             "name": self.name,
         }
         self._listener = asyncio.create_task(self._listen_cancels())
-        w = Worker(TRANSCRIBE_QUEUE, self._process, {**base, "concurrency": self.concurrency})
+        w = Worker(TRANSCRIBE_QUEUE, self._traced_process, {**base, "concurrency": self.concurrency})
         w.on("completed", self._on_completed)
         w.on("stalled", self._on_stalled)
         w.on("error", lambda err, *a: log.warning("worker error: %s", err, extra={"event": "worker_error"}))
-        hooks = Worker(WEBHOOK_QUEUE, self._webhook, {**base, "concurrency": max(4, self.concurrency)})
+        hooks = Worker(WEBHOOK_QUEUE, self._traced_webhook, {**base, "concurrency": max(4, self.concurrency)})
         hooks.on("failed", self._on_webhook_failed)
         hooks.on("error", lambda err, *a: log.warning("webhook worker error: %s", err, extra={"event": "worker_error"}))
         self.workers = [w, hooks]
@@ -181,6 +184,15 @@ class JobWorker:
             self._spawn(self.jq.raw.delete(job.data["audio_key"]))
 
     # ------------------------------------------------------------------ transcription
+
+    async def _traced_process(self, job: Job, token: str) -> dict[str, Any]:
+        with self.tracer.span("job", job_id=str(job.id), mode=job_mode(job.data), attempt=job.attemptsMade + 1):
+            return await self._process(job, token)
+
+    async def _traced_webhook(self, job: Job, token: str) -> dict[str, Any]:
+        d = job.data if isinstance(job.data, dict) else {}
+        with self.tracer.span("webhook", job_id=str(d.get("request_id", job.id)), event=str(d.get("event", ""))):
+            return await self._webhook(job, token)
 
     async def _process(self, job: Job, token: str) -> dict[str, Any]:
         assert self.jq is not None
@@ -427,7 +439,8 @@ async def worker_main(
     pool, supervisor = await upstreams_from_config(cfg, base_port=0)  # beside a serve on one host
     metrics = WorkerMetrics()
     register_upstream_metrics(metrics.registry, pool)
-    jw = JobWorker(cfg, url, pool, concurrency=concurrency, metrics=metrics)
+    tracer = tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy-worker")
+    jw = JobWorker(cfg, url, pool, concurrency=concurrency, metrics=metrics, tracer=tracer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -445,6 +458,7 @@ async def worker_main(
         log.info("worker stopping", extra={"event": "worker_stopping"})
     finally:
         await jw.close(cfg.session.drain_timeout_s)
+        tracer.shutdown()
         if http is not None:
             await http.cleanup()
         if supervisor is not None:

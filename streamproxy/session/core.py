@@ -261,11 +261,8 @@ class Session:
                 self._actions.append(SendUpstream(KEEPALIVE))
         elif kind == "Finalize":
             if not self.closing:
-                self._flush_partial(now)
                 self._finalize_owed += 1
-                self.ring.append_control(self.framed_pos, FINALIZE)
-                if self.connected:
-                    self._send_control(FINALIZE, now)
+                self._control_at_position(FINALIZE, now, answered=True)
         elif kind == "CloseStream":
             self._begin_close(now)
         elif kind == "Configure":
@@ -273,6 +270,18 @@ class Session:
         else:
             return False
         return True
+
+    def _control_at_position(self, message: str, now: float, *, answered: bool) -> None:
+        """A client control that belongs between two audio bytes (Finalize, ForceEndTurn): kept in
+        the ring at that position, so a replay sends it where the client did. ``answered``: the
+        upstream owes an answer to it (an unanswered one is a stall)."""
+        self._flush_partial(now)
+        self.ring.append_control(self.framed_pos, message)
+        if self.connected:
+            if answered:
+                self._send_control(message, now)
+            else:
+                self._actions.append(SendUpstream(message))
 
     def _client_error(self, code: str, description: str, short: str) -> None:
         """A client message this protocol does not take (the stream goes on)."""
@@ -481,9 +490,7 @@ class Session:
 
     def _on_overflow(self, dropped: int) -> None:
         self.stats.dropped_bytes += dropped
-        arrivals = self._arrivals  # stamps of dropped audio go with it: bounded like the ring
-        while len(arrivals) > 1 and arrivals[0][0] <= self.ring.start:
-            arrivals.popleft()
+        self._drop_arrivals(self.ring.start)  # stamps of dropped audio go with it: bounded like the ring
         secs = self.fmt.bytes_to_seconds(dropped)
         self._actions.append(Count(Counter.DROPPED_S, secs))
         self._status("degraded", dropped_s=round(self.fmt.bytes_to_seconds(self.stats.dropped_bytes), 3))
@@ -821,11 +828,17 @@ class Session:
         if len(ends) < self.fmt.channels:
             self.ring.release(self.ring.start, answered)
             return
-        ack = self.fmt.samples_to_bytes(min(ends.values()))
+        self._release_to(self.fmt.samples_to_bytes(min(ends.values())), answered)
+
+    def _release_to(self, ack: int, answered: int) -> None:
+        """Move the watermark to ``ack`` (bytes): the ring and the arrival stamps before it go."""
         ack = min(ack, self.framed_pos)
         self.ring.release(ack, answered)
+        self._drop_arrivals(ack)
+
+    def _drop_arrivals(self, pos: int) -> None:
         arrivals = self._arrivals
-        while len(arrivals) > 1 and arrivals[0][0] <= ack:
+        while len(arrivals) > 1 and arrivals[0][0] <= pos:
             arrivals.popleft()
 
     def _latency(self, end_pos: int, now: float) -> float | None:

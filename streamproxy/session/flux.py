@@ -56,11 +56,8 @@ class FluxSession(Session):
             self._begin_close(now)
         elif kind == "ForceEndTurn":
             if not self.closing:
-                self._flush_partial(now)
-                # Kept at its audio position: a replacement re-ends the turn where the client asked.
-                self.ring.append_control(self.framed_pos, FORCE_END_TURN)
-                if self.connected:
-                    self._actions.append(SendUpstream(FORCE_END_TURN))
+                # No answer is owed: without an open turn the upstream says nothing to it.
+                self._control_at_position(FORCE_END_TURN, now, answered=False)
         elif kind == "Configure":
             self._client_configure(text)
         else:
@@ -189,8 +186,4 @@ class FluxSession(Session):
         # The watermark: everything up to the turn's end is acknowledged (and a ForceEndTurn the
         # client sent is answered by a manual end).
         if self.fmt.raw:
-            ack = min(self.fmt.samples_to_bytes(end), self.framed_pos)
-            self.ring.release(ack, 1 if manual else 0)
-            arrivals = self._arrivals
-            while len(arrivals) > 1 and arrivals[0][0] <= ack:
-                arrivals.popleft()
+            self._release_to(self.fmt.samples_to_bytes(end), 1 if manual else 0)

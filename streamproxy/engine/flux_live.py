@@ -24,11 +24,11 @@ from aiohttp import WSMsgType, web
 from streamproxy.deepgram import flux as fm
 from streamproxy.deepgram.flux import FluxThresholds, TurnEvent
 from streamproxy.engine.flux import EndpointTurns, MarkerTurns, ThresholdError, check_thresholds
-from streamproxy.engine.handshake import at_capacity, authorized, new_request_id, refusal
+from streamproxy.engine.handshake import serve_admitted
 from streamproxy.engine.kinds import make_recognizer, release
-from streamproxy.engine.options import BadRequest, FluxOptions, LiveOptions, parse_flux_params
+from streamproxy.engine.options import FluxOptions, LiveOptions, parse_flux_params
 from streamproxy.engine.recognizer import Recognizer
-from streamproxy.engine.state import EngineState, engine_state
+from streamproxy.engine.state import EngineState
 from streamproxy.engine.whisper.pool import EngineOverloaded
 
 __all__ = ["FluxStream", "flux_handler", "parse_configure"]
@@ -236,28 +236,8 @@ def _recognizer_options(opts: FluxOptions) -> LiveOptions:
 
 
 async def flux_handler(request: web.Request) -> web.StreamResponse:
-    """Refuse before the upgrade (401, 400, 429) like Deepgram, else serve the Flux stream."""
-    st = engine_state(request)
-    request_id = new_request_id()
-    if not authorized(request, st.api_key):
-        return refusal(401, "Invalid credentials.", request_id)
-    try:
-        opts = parse_flux_params(request.query, st.kind)
-    except BadRequest as exc:
-        return refusal(400, str(exc), request_id)
-    ws = web.WebSocketResponse(
-        protocols=("token", "bearer"), max_msg_size=16 * 1024 * 1024, autoping=False, heartbeat=None
-    )
-    if not ws.can_prepare(request).ok:
-        return refusal(400, "expected a WebSocket upgrade for GET /v2/listen", request_id)
-    full = at_capacity(st, request_id)
-    if full is not None:
-        return full
-    st.admitted += 1
-    try:
-        return await _serve(st, request, ws, opts, request_id)
-    finally:
-        st.admitted -= 1
+    # autoping off: the stream answers pings itself, so that they count as client activity.
+    return await serve_admitted(request, parse_flux_params, _serve, path="/v2/listen", autoping=False)
 
 
 async def _serve(

@@ -10,16 +10,24 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from streamproxy.deepgram.credentials import credentials
 from streamproxy.deepgram.headers import header_value
 from streamproxy.deepgram.messages import http_error_body
-from streamproxy.engine.state import EngineState
+from streamproxy.engine.options import BadRequest
+from streamproxy.engine.state import EngineState, engine_state
 
-__all__ = ["at_capacity", "authorized", "new_request_id", "refusal"]
+__all__ = ["at_capacity", "authorized", "new_request_id", "refusal", "serve_admitted"]
+
+Opts = TypeVar("Opts")
+#: Serves one admitted stream: (state, request, socket, options, request id) -> the socket.
+Serve = Callable[[EngineState, web.Request, web.WebSocketResponse, Opts, str], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("streamproxy.engine")
 
@@ -62,3 +70,36 @@ def at_capacity(st: EngineState, request_id: str) -> web.Response | None:
         f"this {st.kind} engine process is at capacity ({st.max_streams} streams); retry on another engine",
         request_id,
     )
+
+
+async def serve_admitted(
+    request: web.Request,
+    parse: Callable[[MultiMapping[str], str], Opts],
+    serve: Serve[Opts],
+    *,
+    path: str,
+    autoping: bool,
+) -> web.StreamResponse:
+    """Refuse before the upgrade (401, 400, 429) like Deepgram, else serve the stream, counted in
+    ``admitted`` while it lasts: one admission for ``/v1/listen`` and ``/v2/listen``."""
+    st = engine_state(request)
+    request_id = new_request_id()
+    if not authorized(request, st.api_key):
+        return refusal(401, "Invalid credentials.", request_id)
+    try:
+        opts = parse(request.query, st.kind)
+    except BadRequest as exc:
+        return refusal(400, str(exc), request_id)
+    ws = web.WebSocketResponse(
+        protocols=("token", "bearer"), max_msg_size=16 * 1024 * 1024, autoping=autoping, heartbeat=None
+    )
+    if not ws.can_prepare(request).ok:
+        return refusal(400, f"expected a WebSocket upgrade for GET {path}", request_id)
+    full = at_capacity(st, request_id)
+    if full is not None:
+        return full
+    st.admitted += 1
+    try:
+        return await serve(st, request, ws, opts, request_id)
+    finally:
+        st.admitted -= 1

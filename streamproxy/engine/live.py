@@ -27,11 +27,11 @@ from streamproxy.deepgram.messages import (
     metadata_message,
 )
 from streamproxy.deepgram.types import Event
-from streamproxy.engine.handshake import at_capacity, authorized, new_request_id, refusal
+from streamproxy.engine.handshake import serve_admitted
 from streamproxy.engine.kinds import make_recognizer, release
-from streamproxy.engine.options import BadRequest, LiveOptions, parse_live_params
+from streamproxy.engine.options import LiveOptions, parse_live_params
 from streamproxy.engine.recognizer import Recognizer
-from streamproxy.engine.state import EngineState, engine_state
+from streamproxy.engine.state import EngineState
 from streamproxy.engine.whisper.pool import EngineOverloaded
 
 __all__ = ["LiveStream", "configure_reply", "live_handler"]
@@ -179,28 +179,7 @@ class LiveStream:
 
 
 async def live_handler(request: web.Request) -> web.StreamResponse:
-    """Refuse before the upgrade (401, 400, 429) like Deepgram, else serve the stream."""
-    st = engine_state(request)
-    request_id = new_request_id()
-    if not authorized(request, st.api_key):
-        return refusal(401, "Invalid credentials.", request_id)
-    try:
-        opts = parse_live_params(request.query, st.kind)
-    except BadRequest as exc:
-        return refusal(400, str(exc), request_id)
-    ws = web.WebSocketResponse(
-        protocols=("token", "bearer"), max_msg_size=16 * 1024 * 1024, autoping=True, heartbeat=None
-    )
-    if not ws.can_prepare(request).ok:
-        return refusal(400, "expected a WebSocket upgrade for GET /v1/listen", request_id)
-    full = at_capacity(st, request_id)
-    if full is not None:
-        return full
-    st.admitted += 1
-    try:
-        return await _serve_stream(st, request, ws, opts, request_id)
-    finally:
-        st.admitted -= 1
+    return await serve_admitted(request, parse_live_params, _serve_stream, path="/v1/listen", autoping=True)
 
 
 async def _serve_stream(

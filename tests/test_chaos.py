@@ -49,7 +49,6 @@ sessions (and some sessions send CloseStream in the middle of one). About 60-80 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -69,8 +68,9 @@ from aiohttp import WSMsgType, web
 from websockets.exceptions import ConnectionClosed
 
 from streamproxy.faults import Fault, FaultRelay
-from tests.helpers.gateway import engine, gateway, gateway_config, validate_strict
+from tests.helpers.gateway import engine, gateway, gateway_config, metric, validate_strict
 from tests.helpers.marker import Segment, TimedWord, expected_words, final_words, marker_audio
+from tests.helpers.rawws import frame, header, upgrade
 
 SEED = int(os.environ.get("STREAMPROXY_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
 SR = 16000
@@ -445,19 +445,6 @@ async def slow_client(port: int, p: Plan) -> Got:
     return got
 
 
-def _ws_frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, 0x80 | n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack(">Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
 def _half_open_client(port: int, p: Plan, held: list[socket.socket]) -> Got:
     """Handshake, real-time audio without ever reading, then nothing at all and no FIN: the socket
     stays open (kept in ``held``) until the test ends, as if the client's host had vanished."""
@@ -466,23 +453,12 @@ def _half_open_client(port: int, p: Plan, held: list[socket.socket]) -> Got:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     held.append(s)
     s.settimeout(5.0)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(
-        f"GET {p.query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    for line in head.decode("latin-1").split("\r\n"):
-        if line.lower().startswith("dg-request-id:"):
-            got.session_id = line.split(":", 1)[1].strip()
+    got.session_id = header(upgrade(s, port, p.query), "dg-request-id") or ""
     t0 = time.monotonic()
     s.settimeout(1.0)
     try:
         for i in range(0, len(p.audio), p.chunk):
-            s.sendall(_ws_frame(0x2, p.audio[i : i + p.chunk]))
+            s.sendall(frame(0x2, p.audio[i : i + p.chunk]))
             time.sleep(max(0.0, t0 + (i + p.chunk) / BPS - time.monotonic()))
     except OSError as e:
         got.error = f"send: {e}"
@@ -504,21 +480,6 @@ class SessionEnds(logging.Handler):
             if sid in self.ends:
                 self.repeated.append(sid)
             self.ends[sid] = {k: getattr(record, k, None) for k in ("outcome", "close_code", "lost_s", "error")}
-
-
-def sample(gw: Any, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
-    want = labels or {}
-    return sum(
-        s.value
-        for fam in gw.gateway.metrics.registry.collect()
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in want.items())
-    )
-
-
-def metric_sum(gw: Any, name: str) -> float:
-    return sum(s.value for fam in gw.gateway.metrics.registry.collect() for s in fam.samples if s.name == name)
 
 
 async def reference(port: int, p: Plan) -> list[TimedWord]:
@@ -627,8 +588,8 @@ async def test_chaos_random_faults_lose_nothing_and_leave_no_session(monkeypatch
                         "faults_fired": dict(Counter(e.detail.get("kind") for e in relay.fired())),
                         "upstream_connections": relay.connections,
                         "garbage_fired": dict(Counter(name for _, name in garbage.fired)),
-                        "invalid_counted": metric_sum(gw, "streamproxy_upstream_invalid_messages_total"),
-                        "reconnects": metric_sum(gw, "streamproxy_upstream_reconnects_total"),
+                        "invalid_counted": metric(gw, "streamproxy_upstream_invalid_messages_total"),
+                        "reconnects": metric(gw, "streamproxy_upstream_reconnects_total"),
                         "outcomes": dict(Counter(ends.ends.get(g.session_id, {}).get("outcome") for g in gots)),
                         "reference_s": round(t_ref, 1),
                         "clients_done_s": round(t_clients, 1),
@@ -641,7 +602,7 @@ async def test_chaos_random_faults_lose_nothing_and_leave_no_session(monkeypatch
                               f"close {got.close_code} session end {end} {got.error[:60]}")  # fmt: skip
                     still = [(r.core.session_id, r.core.phase.value, r.outcome) for r in gw.gateway.sessions]
                     assert left, why(f"sessions left behind: {still}; {summary}")
-                    assert sample(gw, "streamproxy_sessions_active") == 0, why(f"sessions_active != 0; {summary}")
+                    assert metric(gw, "streamproxy_sessions_active") == 0, why(f"sessions_active != 0; {summary}")
                     assert upstream_free, why(f"{len(garbage.live)} upstream connections still open; {summary}")
             finally:
                 await relay.stop()
@@ -708,7 +669,7 @@ async def test_idle_timeout_close_is_not_counted_as_ok() -> None:
                             pass
                     assert ws.close_code == 1011
                 assert await wait_until(lambda: len(gw.gateway.sessions) == 0, 5.0)
-                ok = sample(gw, "streamproxy_sessions_total", {"outcome": "ok"})
+                ok = metric(gw, "streamproxy_sessions_total", {"outcome": "ok"})
     finally:
         edge_log.removeHandler(ends)
         edge_log.setLevel(old_level)

@@ -4,39 +4,27 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 import websockets
 from aiohttp import WSMsgType, web
 
-from tests.helpers.gateway import engine, gateway, gateway_config, validate_strict
+from tests.helpers.gateway import engine, gateway, gateway_config, metric, validate_strict
 from tests.helpers.marker import expected_words, final_words, marker_audio
+from tests.helpers.rawws import frame, upgrade
 
 SR = 16000
 SEGMENTS = [("sil", 0, 100), ("word", 21, 300), ("sil", 0, 400), ("word", 22, 250), ("sil", 0, 400)]
 AUDIO = marker_audio(SEGMENTS, SR)
 EXPECTED = expected_words(SEGMENTS, SR)
 QUERY = "/v1/listen?encoding=linear16&sample_rate=16000"
-
-
-def sample(gw: Any, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
-    want = labels or {}
-    return sum(
-        s.value
-        for fam in gw.gateway.metrics.registry.collect()
-        for s in fam.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in want.items())
-    )
 
 
 async def wait_until(cond: object, timeout: float, what: str) -> None:
@@ -121,8 +109,8 @@ async def test_upstream_garbage_never_reaches_a_strict_client(name: str, garbage
                 validate_strict(m)  # raises on anything the official SDK's models reject
             assert final_words(got) == EXPECTED
             labels = {"upstream": "bad", "kind": kind}
-            assert sample(gw, "streamproxy_upstream_invalid_messages_total", labels) == 1
-            assert sample(gw, "streamproxy_upstream_reconnects_total", {"upstream": "bad", "reason": "invalid"}) == 1
+            assert metric(gw, "streamproxy_upstream_invalid_messages_total", labels) == 1
+            assert metric(gw, "streamproxy_upstream_reconnects_total", {"upstream": "bad", "reason": "invalid"}) == 1
             assert elapsed < 5.0  # replaced at once, not after a 10 s stall timeout
 
 
@@ -130,24 +118,9 @@ async def test_upstream_garbage_never_reaches_a_strict_client(name: str, garbage
 def _handshake(port: int, path: str, rcvbuf: int = 2048) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
+    head = upgrade(s, port, path)
+    assert head.startswith("HTTP/1.1 101"), head
     return s
-
-
-def _frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    header = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def _flood(s: socket.socket, frame: bytes, max_frames: int, stuck_s: float) -> int:
@@ -186,10 +159,10 @@ async def test_ping_flood_without_reading_then_reset_leaks_no_session() -> None:
         async with gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
             s = await asyncio.to_thread(_handshake, gw.port, QUERY)
             await wait_until(lambda: len(gw.gateway.sessions) == 1, 5, "the session to open")
-            await asyncio.to_thread(_flood, s, _frame(0x9, os.urandom(125)), 2_000_000, 1.0)
+            await asyncio.to_thread(_flood, s, frame(0x9, os.urandom(125)), 2_000_000, 1.0)
             _reset(s)
             await wait_until(lambda: len(gw.gateway.sessions) == 0, 15, "the session to end")
-            assert sample(gw, "streamproxy_sessions_active") == 0
+            assert metric(gw, "streamproxy_sessions_active") == 0
 
 
 async def test_text_flood_from_a_client_that_never_reads_is_bounded_and_detached() -> None:
@@ -202,11 +175,11 @@ async def test_text_flood_from_a_client_that_never_reads_is_bounded_and_detached
             s = await asyncio.to_thread(_handshake, gw.port, QUERY)
             await wait_until(lambda: len(gw.gateway.sessions) == 1, 5, "the session to open")
             runner = next(iter(gw.gateway.sessions))
-            sent = await asyncio.to_thread(_flood, s, _frame(0x1, b'{"type":"Bogus"}'), 300_000, 3.0)
+            sent = await asyncio.to_thread(_flood, s, frame(0x1, b'{"type":"Bogus"}'), 300_000, 3.0)
             assert sent < 300_000  # reading paused: backpressure reached the client
             assert runner._client_bytes <= 4 * 1024 * 1024  # the queue toward the client is bounded
             await wait_until(lambda: len(gw.gateway.sessions) == 0, 15, "the slow client's session to end")
-            assert sample(gw, "streamproxy_sessions_total", {"outcome": "client_slow"}) == 1
+            assert metric(gw, "streamproxy_sessions_total", {"outcome": "client_slow"}) == 1
             s.close()
 
 

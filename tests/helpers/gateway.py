@@ -81,3 +81,14 @@ def to_dict(msg: Any) -> dict[str, Any]:
     if isinstance(msg, (str, bytes)):
         return json.loads(msg)
     return msg.model_dump(mode="json", exclude_none=True)
+
+
+def metric(gw: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of a gateway's samples named ``name`` whose labels include ``labels`` (0 if none)."""
+    want = labels or {}
+    return sum(
+        s.value
+        for fam in gw.gateway.metrics.registry.collect()
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in want.items())
+    )

@@ -25,7 +25,7 @@ from streamproxy.deepgram import flux as fm
 from streamproxy.deepgram.flux import FluxThresholds, TurnEvent
 from streamproxy.engine.flux import EndpointTurns, MarkerTurns, ThresholdError, check_thresholds
 from streamproxy.engine.handshake import serve_admitted
-from streamproxy.engine.kinds import make_recognizer, release
+from streamproxy.engine.kinds import open_recognizer, release
 from streamproxy.engine.options import FluxOptions, LiveOptions, parse_flux_params
 from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.state import EngineState
@@ -243,15 +243,8 @@ async def flux_handler(request: web.Request) -> web.StreamResponse:
 async def _serve(
     st: EngineState, request: web.Request, ws: web.WebSocketResponse, opts: FluxOptions, request_id: str
 ) -> web.WebSocketResponse:
-    loop = asyncio.get_running_loop()
-    rec: Recognizer | None = None
-    if st.kind != "marker":
-        ropts = _recognizer_options(opts)
-        if st.executor is not None:
-            every = st.whisper_opts.interim_every_s if st.whisper_opts is not None else 0.0
-            rec = await loop.run_in_executor(st.executor, make_recognizer, st.kind, ropts, st.whisper, every)
-        else:
-            rec = make_recognizer(st.kind, ropts)
+    # The marker kind has its own turn machine; the others turn their v1 events into turns.
+    rec = None if st.kind == "marker" else await open_recognizer(st, _recognizer_options(opts))
     stream = FluxStream(st, ws, opts, request_id, rec)
     try:
         ws.headers["dg-request-id"] = request_id

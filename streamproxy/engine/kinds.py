@@ -7,6 +7,7 @@ model) and must be called off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,7 @@ from streamproxy.engine.marker import MarkerRecognizer
 from streamproxy.engine.options import LiveOptions
 from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.sphinx import SphinxRecognizer
+from streamproxy.engine.state import EngineState
 from streamproxy.engine.whisper.files import transcribe_file
 from streamproxy.engine.whisper.pool import DecodePool
 from streamproxy.engine.whisper.recognizer import WhisperRecognizer
@@ -43,6 +45,15 @@ def make_recognizer(
             **opts.recognizer_kwargs(),
         )
     return SphinxRecognizer(opts.sample_rate, **opts.recognizer_kwargs())
+
+
+async def open_recognizer(st: EngineState, opts: LiveOptions) -> Recognizer:
+    """One stream's recognizer, built on the engine's executor when it has one (whisper's is)."""
+    if st.executor is None:
+        return make_recognizer(st.kind, opts)
+    every = st.whisper_opts.interim_every_s if st.whisper_opts is not None else 0.0
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(st.executor, make_recognizer, st.kind, opts, st.whisper, every)
 
 
 def release(rec: Recognizer) -> None:

@@ -28,7 +28,7 @@ from streamproxy.deepgram.messages import (
 )
 from streamproxy.deepgram.types import Event
 from streamproxy.engine.handshake import serve_admitted
-from streamproxy.engine.kinds import make_recognizer, release
+from streamproxy.engine.kinds import open_recognizer, release
 from streamproxy.engine.options import LiveOptions, parse_live_params
 from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.state import EngineState
@@ -185,12 +185,7 @@ async def live_handler(request: web.Request) -> web.StreamResponse:
 async def _serve_stream(
     st: EngineState, request: web.Request, ws: web.WebSocketResponse, opts: LiveOptions, request_id: str
 ) -> web.WebSocketResponse:
-    loop = asyncio.get_running_loop()
-    if st.executor is not None:
-        every = st.whisper_opts.interim_every_s if st.whisper_opts is not None else 0.0
-        rec = await loop.run_in_executor(st.executor, make_recognizer, st.kind, opts, st.whisper, every)
-    else:
-        rec = make_recognizer(st.kind, opts)
+    rec = await open_recognizer(st, opts)
     stream = LiveStream(st, ws, rec, request_id)
     try:
         ws.headers["dg-request-id"] = request_id

@@ -61,6 +61,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = ""  # "" -> $STATE_DIRECTORY or ~/.local/share/streamproxy (see resolve_data_dir)
+    region: str = ""  # this gateway's region: its sessions prefer [upstream.NAME] of the same region
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class UpstreamConfig:
     url: str  # base URL, ws:// or wss://; the proxy appends /v1/listen
     api_key: str = ""
     priority: int = 0  # lower is tried first
+    region: str = ""  # "" = local to every gateway; else preferred by gateways of this region only
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,16 @@ def _non_empty() -> _Spec:
     return _Spec("a non-empty string", lambda v: bool(v.strip()))
 
 
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def _region() -> _Spec:
+    # A region becomes a Prometheus label value and a log field: a short, plain name.
+    return _Spec(
+        '"" or a region name such as eu-west-1 ([a-z0-9][a-z0-9_.-]*)', lambda v: v == "" or bool(_REGION_RE.match(v))
+    )
+
+
 def _is_ws_url(v: str) -> bool:
     try:
         parts = urlsplit(v)
@@ -321,6 +333,8 @@ _SPECS: dict[str, _Spec] = {
     "log.level": _choice(LOG_LEVELS),
     "log.format": _choice(LOG_FORMATS),
     "upstream.url": _Spec("a ws:// or wss:// URL with a host", _is_ws_url),
+    "server.region": _region(),
+    "upstream.region": _region(),
 }
 # Enumerations are matched case-insensitively; the stored value is lower case.
 _LOWERCASE = frozenset({"engine.kind", "log.level", "log.format"})

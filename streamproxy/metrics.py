@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 #: Transcript latency: from tens of milliseconds to many seconds (replay after an outage).
 PROTOCOLS = ("v1", "v2", "twilio")
@@ -14,27 +14,37 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 class Metrics:
     """All families on one registry, so tests and embedded uses do not share global state."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, region: str = "") -> None:
         r = self.registry = registry or CollectorRegistry()
         p = "streamproxy_"
+        # region: on session families the gateway's ([server] region), on upstream families the
+        # upstream's ([upstream.NAME] region), so cross-region failover shows as a region mismatch.
+        self.region = region
+        self.info = Info(p + "gateway", "This gateway process", registry=r)
+        self.info.info({"region": region})
         # protocol: v1 (Live), v2 (Flux), twilio (Twilio Media Streams over a Live session).
-        self.sessions_active = Gauge(p + "sessions_active", "Client streaming sessions open", ["protocol"], registry=r)
+        self.sessions_active = Gauge(
+            p + "sessions_active", "Client streaming sessions open", ["protocol", "region"], registry=r
+        )
         self.sessions_total = Counter(
-            p + "sessions_total", "Client streaming sessions ended, by outcome", ["outcome", "protocol"], registry=r
+            p + "sessions_total",
+            "Client streaming sessions ended, by outcome",
+            ["outcome", "protocol", "region"],
+            registry=r,
         )
         self.upstream_connects = Counter(
-            p + "upstream_connects_total", "Upstream connections opened", ["upstream"], registry=r
+            p + "upstream_connects_total", "Upstream connections opened", ["upstream", "region"], registry=r
         )
         self.upstream_reconnects = Counter(
             p + "upstream_reconnects_total",
             "Upstream reconnects, by upstream and reason",
-            ["upstream", "reason"],
+            ["upstream", "reason", "region"],
             registry=r,
         )
         self.upstream_failovers = Counter(
             p + "upstream_failovers_total",
             "Reconnects that moved to another upstream",
-            ["upstream"],
+            ["upstream", "region"],
             registry=r,
         )
         self.audio_buffered = Gauge(
@@ -102,6 +112,6 @@ class Metrics:
         # and their series exist at 0 from the first scrape, so dashboards' rate() works at once.
         self.latency_by_kind = {k: self.latency.labels(k) for k in ("interim", "final")}
         for protocol in PROTOCOLS:  # every series exists at 0 from the first scrape
-            self.sessions_active.labels(protocol)
+            self.sessions_active.labels(protocol, region)
         self.overhead_upstream = self.overhead.labels("upstream")
         self.overhead_downstream = self.overhead.labels("downstream")

@@ -22,6 +22,7 @@ from .gateway.limits import Limiter
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
+from .metrics import Metrics
 from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
@@ -80,7 +81,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     pool, supervisor = await upstreams_from_config(cfg)
     owns_tracer = tracer is None
     tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")
-    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer)
+    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer, metrics=Metrics(region=cfg.server.region))
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)

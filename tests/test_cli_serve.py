@@ -163,7 +163,7 @@ async def test_idle_client_keeps_its_session_through_keepalive() -> None:
             await ws.send_str('{"type":"CloseStream"}')
             msgs = await asyncio.wait_for(reader, 20)
         reg = gw.gateway.metrics.registry
-        assert reg.get_sample_value("streamproxy_upstream_connects_total", {"upstream": "u0"}) == 1
+        assert reg.get_sample_value("streamproxy_upstream_connects_total", {"upstream": "u0", "region": ""}) == 1
         reconnects = [s for f in reg.collect() if f.name == "streamproxy_upstream_reconnects" for s in f.samples]
         assert sum(s.value for s in reconnects if s.name.endswith("_total")) == 0
     assert [w for w, _, _ in final_words(msgs)] == ["w7", "w7"]

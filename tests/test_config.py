@@ -249,6 +249,8 @@ def test_env_port_roundtrip(port: int) -> None:
         ('[upstream.dg]\nurl = "wss://x"\nweight = 1\n', "upstream.dg.weight"),
         ('[upstream.dg]\nurl = "wss://x"\npriority = "high"\n', "upstream.dg.priority"),
         ('[upstream."bad name"]\nurl = "wss://x"\n', "upstream.bad name"),
+        ('[server]\nregion = "EU West"\n', "server.region"),  # a label value: no spaces, lower case
+        ('[upstream.dg]\nurl = "wss://x"\nregion = "-eu"\n', "upstream.dg.region"),
         ("[server\n", None),
     ],
 )
@@ -286,6 +288,7 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"STREAMPROXY_UPSTREAM_DG_TOKEN": "x"}, "STREAMPROXY_UPSTREAM_DG_TOKEN"),
         ({"STREAMPROXY_UPSTREAM_DG_URL": "http://x"}, "upstream.dg.url"),
         ({"STREAMPROXY_UPSTREAM_DG_API_KEY": "k"}, "upstream.dg.url"),
+        ({"STREAMPROXY_SERVER_REGION": "eu/west"}, "server.region"),
     ],
 )
 def test_bad_env_names_key(env: dict[str, str], key: str) -> None:

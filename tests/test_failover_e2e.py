@@ -305,6 +305,40 @@ async def test_failover_to_healthy_second_upstream(kind: FaultKind) -> None:
     assert failovers_b == 1
 
 
+async def test_region_first_then_failover_across_regions_with_region_labels() -> None:
+    """A gateway in region eu with "us" (priority 0, region us) and "eu" (priority 1, region eu):
+    the session goes to eu despite the worse priority; eu then drops and stays down, the session
+    crosses to us and loses nothing; the metrics carry the regions (gateway's on sessions,
+    upstream's on upstream families) and ``streamproxy_gateway_info`` names the gateway's."""
+    async with engine("marker") as eport:
+        us, eu = FaultRelay(f"ws://127.0.0.1:{eport}"), FaultRelay(f"ws://127.0.0.1:{eport}")
+        await us.start()
+        await eu.start()
+        eu.set_plan([Fault("close", at_bytes=BPS + 1001, code=1011, outage_s=60.0)])
+        regions = {"server.region": "eu", "upstream.us.region": "us", "upstream.eu.region": "eu"}
+        try:
+            async with gateway(gateway_config({"us": us.url, "eu": eu.url}, **FAST, **regions)) as gw:
+                got = await sdk_stream(gw.port, WORDS_AUDIO, speed=4.0)
+                m = gw.gateway.metrics
+                connects = {
+                    (u, r): metric(m, "streamproxy_upstream_connects_total", upstream=u, region=r)
+                    for u in ("us", "eu")
+                    for r in ("us", "eu", "")
+                }
+                failovers = metric(m, "streamproxy_upstream_failovers_total", upstream="us", region="us")
+                reconnects = metric(m, "streamproxy_upstream_reconnects_total", upstream="eu", region="eu")
+                ok_eu = metric(m, "streamproxy_sessions_total", outcome="ok", protocol="v1", region="eu")
+                info = metric(m, "streamproxy_gateway_info", region="eu")
+        finally:
+            await us.stop()
+            await eu.stop()
+    check_clean(got, WORDS_AUDIO)
+    assert final_words(got.messages) == WORDS_EXPECTED
+    assert eu.connections == 1 and us.connections == 1  # local first, then across, never back
+    assert connects == {(u, r): float(u == r) for u in ("us", "eu") for r in ("us", "eu", "")}
+    assert failovers == 1 and reconnects == 1 and ok_eu == 1 and info == 1
+
+
 async def test_sigkill_one_of_two_engine_processes_loses_nothing() -> None:
     """serve.start with the embedded engine (2 processes): SIGKILL the one the session is on."""
     cfg = gateway_config([], **FAST, **{"engine.kind": "marker", "engine.processes": 2})

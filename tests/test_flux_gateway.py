@@ -91,11 +91,13 @@ async def test_sdk_v2_through_the_gateway_exact_turns_and_last_turn_at_close() -
         got = await _stream(gw.port, AUDIO)
         reg = gw.gateway.metrics.registry
         for _ in range(100):  # the session's accounting runs just after its close
-            if reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2"}):
+            if reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2", "region": ""}):
                 break
             await asyncio.sleep(0.02)
-        assert reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2"}) == 1
-        assert not reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v1"})
+        assert (
+            reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v2", "region": ""}) == 1
+        )
+        assert not reg.get_sample_value("streamproxy_sessions_total", {"outcome": "ok", "protocol": "v1", "region": ""})
         assert reg.get_sample_value("streamproxy_turns_total", {"trigger": "manual"}) == 1
         assert reg.get_sample_value("streamproxy_end_of_turn_latency_seconds_count") == 3
     check_timeline(got)
@@ -129,7 +131,7 @@ async def test_sigkill_engine_mid_turn_and_during_replay_loses_and_repeats_nothi
             s.value for f in reg.collect() if f.name == "streamproxy_upstream_reconnects"
             for s in f.samples if s.name.endswith("_total")
         )  # fmt: skip
-        active = reg.get_sample_value("streamproxy_sessions_active", {"protocol": "v2"})
+        active = reg.get_sample_value("streamproxy_sessions_active", {"protocol": "v2", "region": ""})
     assert kills == [4, 5]
     assert reconnects >= 2
     check_timeline(got)
@@ -156,11 +158,11 @@ async def test_configure_answered_once_and_reapplied_after_a_reconnect() -> None
 
         got = await _stream(gw.port, AUDIO, kill=kill, configure=configure)
         connects = gw.gateway.metrics.registry.get_sample_value(
-            "streamproxy_upstream_connects_total", {"upstream": "engine-0"}
+            "streamproxy_upstream_connects_total", {"upstream": "engine-0", "region": ""}
         )
         connects = (connects or 0) + (
             gw.gateway.metrics.registry.get_sample_value(
-                "streamproxy_upstream_connects_total", {"upstream": "engine-1"}
+                "streamproxy_upstream_connects_total", {"upstream": "engine-1", "region": ""}
             )
             or 0
         )

@@ -133,7 +133,12 @@ async def test_client_disconnect_without_closestream_is_clean() -> None:
                     break
                 await asyncio.sleep(0.05)
             assert not gw.gateway.sessions  # session ended and cleaned up
-            assert gw.gateway.metrics.registry.get_sample_value("streamproxy_sessions_active", {"protocol": "v1"}) == 0
+            assert (
+                gw.gateway.metrics.registry.get_sample_value(
+                    "streamproxy_sessions_active", {"protocol": "v1", "region": ""}
+                )
+                == 0
+            )
 
 
 async def test_bad_input_is_rejected_clearly_and_others_unaffected() -> None:

@@ -1,7 +1,8 @@
 """``UpstreamPool``: where the next connection (live or prerecorded) goes, on an injected clock.
 
-Ranking is health (circuit breaker), then "not the one that just failed us", then priority, then
-consecutive failures, then load. A fake clock makes the breaker's cooldown exact instead of slept.
+Ranking is health (circuit breaker), then "not the one that just failed us", then region (the
+gateway's own before others), then priority, then consecutive failures, then load. A fake clock
+makes the breaker's cooldown exact instead of slept.
 """
 
 from __future__ import annotations
@@ -104,3 +105,46 @@ def test_unknown_names_are_ignored_and_an_empty_pool_is_refused() -> None:
     assert p.upstreams[0].failures == 0
     with pytest.raises(ValueError):
         UpstreamPool([])
+
+
+def regional(region: str, *specs: tuple[str, int, str]) -> tuple[UpstreamPool, FakeClock]:
+    clock = FakeClock()
+    ups = [Upstream(n, f"ws://{n}.invalid", priority=prio, region=r) for n, prio, r in specs]
+    return UpstreamPool(ups, breaker_failures=2, breaker_cooldown_s=30.0, clock=clock, region=region), clock
+
+
+def test_own_region_first_whatever_the_priority_and_unlabelled_upstreams_count_as_local() -> None:
+    """A gateway in eu ranks eu and unlabelled upstreams (the embedded engine) before us ones, even
+    when the us one has the better priority; a gateway with no region keeps plain priority order."""
+    specs = (("us-dg", 0, "us"), ("eu-dg", 1, "eu"), ("engine", 5, ""), ("us-dg2", 2, "us"))
+    p, _ = regional("eu", *specs)
+    assert names(p) == ["eu-dg", "engine", "us-dg", "us-dg2"]
+    assert [p.remote(u) for u in p.ranked()] == [False, False, True, True]
+    assert p.region_of("us-dg") == "us" and p.region_of("engine") == "" and p.region_of("nope") == ""
+    p_any, _ = regional("", *specs)
+    assert names(p_any) == ["us-dg", "eu-dg", "us-dg2", "engine"]
+
+
+def test_fail_over_across_regions_only_when_the_region_has_nothing_healthy_left() -> None:
+    """eu has two upstreams: a failed eu-a moves traffic to eu-b, not to us; with both eu breakers
+    open the session crosses to us; after the cooldown eu is first again (new sessions come home)."""
+    p, clock = regional("eu", ("eu-a", 0, "eu"), ("eu-b", 1, "eu"), ("us-a", 0, "us"))
+    assert p.choose().name == "eu-a"
+    assert p.choose(avoid="eu-a").name == "eu-b"
+    for _ in range(2):
+        p.failure("eu-a")
+        p.failure("eu-b")
+    assert p.choose().name == "us-a"
+    assert names(p) == ["us-a", "eu-a", "eu-b"]
+    clock.now += 30.0
+    assert p.choose().name == "eu-a"
+
+
+def test_the_region_that_just_failed_us_is_left_at_once_when_it_is_the_only_local_one() -> None:
+    """One local upstream that just failed (breaker still closed): the retry goes to the other
+    region rather than straight back; if the remote one is unhealthy the local one is retried."""
+    p, _ = regional("eu", ("eu-a", 0, "eu"), ("us-a", 0, "us"))
+    assert p.choose(avoid="eu-a").name == "us-a"
+    p.failure("us-a")
+    p.failure("us-a")
+    assert p.choose(avoid="eu-a").name == "eu-a"

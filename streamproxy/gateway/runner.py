@@ -220,7 +220,7 @@ class SessionRunner:
             case Counter.TURN:
                 m.turns.labels(a.label if a.label in ("model", "manual", "timeout") else "other").inc()
             case Counter.RECONNECT:
-                m.upstream_reconnects.labels(name, a.label).inc()
+                m.upstream_reconnects.labels(name, a.label, self.pool.region_of(name)).inc()
             case Counter.REPLAYED_S:
                 m.audio_replayed.inc(a.value)
                 self.tracer.end(self.tracer.start("replay", self.span, upstream=name, replay_s=round(a.value, 3)))
@@ -331,7 +331,7 @@ class SessionRunner:
         if recovery is not None and a.reason != "initial":
             await recovery.pace(upstream.name)  # reconnects after an outage arrive spread out
         if self._last_upstream and upstream.name != self._last_upstream:
-            self.metrics.upstream_failovers.labels(upstream.name).inc()
+            self.metrics.upstream_failovers.labels(upstream.name, upstream.region).inc()
         self._last_upstream = upstream.name
         span = self.tracer.start("upstream.connect", self.span, upstream=upstream.name, reason=a.reason)
         try:
@@ -355,7 +355,7 @@ class SessionRunner:
         self.up = ws
         self.upstream = upstream
         upstream.active += 1
-        self.metrics.upstream_connects.labels(upstream.name).inc()
+        self.metrics.upstream_connects.labels(upstream.name, upstream.region).inc()
         if recovery is not None and a.reason != "initial":
             recovery.reconnected(self)  # it accepts connections again: wake the other waiters now
         self.apply(core.upstream_connected(a.gen, upstream.name, clock()))

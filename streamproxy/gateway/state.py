@@ -121,7 +121,7 @@ class Gateway:
         runner.span = self.tracer.start("session", session_id=sid, protocol=runner.protocol)
         runner.lease = lease
         self.sessions.add(runner)
-        self.metrics.sessions_active.labels(runner.protocol).inc()
+        self.metrics.sessions_active.labels(runner.protocol, self.metrics.region).inc()
         runner.start()
         return runner
 
@@ -129,7 +129,7 @@ class Gateway:
         """Accounting once per session, whichever way it ended."""
         core = runner.core
         self.sessions.remove(runner)
-        self.metrics.sessions_active.labels(runner.protocol).dec()
+        self.metrics.sessions_active.labels(runner.protocol, self.metrics.region).dec()
         outcome = runner.outcome
         if core.idle_closed:
             outcome = "client_idle"  # ended by the gateway: no audio and no message (NET-0001)
@@ -137,10 +137,13 @@ class Gateway:
             outcome = "upstream_error"
         elif runner.close_code == 1012:
             outcome = "drained"
-        self.metrics.sessions_total.labels(outcome, runner.protocol).inc()
+        self.metrics.sessions_total.labels(outcome, runner.protocol, self.metrics.region).inc()
         self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
         summary = runner.summary()
-        log.info("session end", extra={"event": "session_end", "outcome": outcome, **summary})
+        log.info(
+            "session end",
+            extra={"event": "session_end", "outcome": outcome, "region": self.metrics.region, **summary},
+        )
         self.tracer.end(runner.span, error=core.stats.fatal, attributes={"outcome": outcome, **summary})
         lease = runner.lease
         if lease is not None and not lease.released:

@@ -20,8 +20,8 @@ __all__ = ["UpstreamCollector", "register_upstream_metrics"]
 
 
 class UpstreamCollector(Collector):
-    """``streamproxy_upstream_breaker_open{upstream}`` (1 = skipped by selection) and
-    ``streamproxy_upstream_consecutive_failures{upstream}``."""
+    """``streamproxy_upstream_breaker_open{upstream,region}`` (1 = skipped by selection) and
+    ``streamproxy_upstream_consecutive_failures{upstream,region}``."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -31,16 +31,16 @@ class UpstreamCollector(Collector):
         breaker = GaugeMetricFamily(
             "streamproxy_upstream_breaker_open",
             "1 while an upstream's circuit breaker is open (it gets no new connections)",
-            labels=["upstream"],
+            labels=["upstream", "region"],
         )
         failures = GaugeMetricFamily(
             "streamproxy_upstream_consecutive_failures",
             "Consecutive connection failures of an upstream (0 after a success)",
-            labels=["upstream"],
+            labels=["upstream", "region"],
         )
         for u in self.pool.upstreams:
-            breaker.add_metric([u.name], 0.0 if u.healthy(now) else 1.0)
-            failures.add_metric([u.name], float(u.failures))
+            breaker.add_metric([u.name, u.region], 0.0 if u.healthy(now) else 1.0)
+            failures.add_metric([u.name, u.region], float(u.failures))
         yield breaker
         yield failures
 

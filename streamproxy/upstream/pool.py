@@ -1,9 +1,14 @@
-"""Upstream selection: health first (a circuit breaker per upstream), then priority, then load.
+"""Upstream selection: health first (a circuit breaker per upstream), then region, priority, load.
 
 Plain state, no I/O: live sessions and prerecorded requests report each outcome and ask where the
 next attempt should go, on one ranking and one clock (injected, ``time.monotonic`` by default).
 The embedded engine's processes are upstreams like any other, so killing one fails its sessions
 over to the next.
+
+Regions: a gateway of region R prefers upstreams of region R (and unlabelled ones, which are local
+to every gateway, like the embedded engine) over those of other regions, whatever their priority;
+another region's upstream is used only when no healthy local one is left, or the local one just
+failed us. That is failover across regions without ever sending a healthy region's traffic away.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Upstream:
     failures: int = 0  # consecutive failures
     open_until: float = 0.0  # circuit breaker open (skipped) until this time
     active: int = 0  # sessions currently connected
+    region: str = ""  # "" = local to every gateway
 
     def healthy(self, now: float) -> bool:
         return now >= self.open_until
@@ -35,6 +41,7 @@ class UpstreamPool:
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        region: str = "",
     ) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is required")
@@ -42,13 +49,18 @@ class UpstreamPool:
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
         self.clock = clock
+        self.region = region
+
+    def remote(self, u: Upstream) -> bool:
+        """Whether ``u`` is in another region than this gateway's."""
+        return bool(self.region and u.region and u.region != self.region)
 
     def ranked(self, avoid: str | None = None) -> list[Upstream]:
         """Every upstream, best first; ``avoid`` (the one that just failed us) only as last resort."""
         now = self.clock()
 
-        def rank(u: Upstream) -> tuple[int, int, int, int, int]:
-            return (not u.healthy(now), u.name == avoid, u.priority, u.failures, u.active)
+        def rank(u: Upstream) -> tuple[int, int, int, int, int, int]:
+            return (not u.healthy(now), u.name == avoid, self.remote(u), u.priority, u.failures, u.active)
 
         return sorted(self.upstreams, key=rank)
 
@@ -68,6 +80,11 @@ class UpstreamPool:
         u.failures += 1
         if u.failures >= self.breaker_failures:
             u.open_until = self.clock() + self.breaker_cooldown_s
+
+    def region_of(self, name: str) -> str:
+        """The region label of an upstream's metrics ("" if unknown or unlabelled)."""
+        u = self._get(name)
+        return u.region if u is not None else ""
 
     def any_healthy(self) -> bool:
         now = self.clock()

@@ -18,7 +18,7 @@ async def upstreams_from_config(
     """
     supervisor: EngineSupervisor | None = None
     if cfg.upstreams:
-        upstreams = [Upstream(u.name, u.url, u.api_key, u.priority) for u in cfg.upstreams]
+        upstreams = [Upstream(u.name, u.url, u.api_key, u.priority, region=u.region) for u in cfg.upstreams]
     else:
         supervisor = engine_supervisor(cfg, base_port=base_port)
         await supervisor.start()
@@ -27,5 +27,6 @@ async def upstreams_from_config(
         upstreams,
         breaker_failures=cfg.reconnect.breaker_failures,
         breaker_cooldown_s=cfg.reconnect.breaker_cooldown_s,
+        region=cfg.server.region,
     )
     return pool, supervisor

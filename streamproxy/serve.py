@@ -22,6 +22,7 @@ from .gateway.limits import Limiter
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
+from .redisconn import check_server
 from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
@@ -77,6 +78,7 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     """Start everything; returns once the port accepts connections."""
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
+    await check_server(cfg)  # queue.redis_cluster vs what the server at redis_url is
     pool, supervisor = await upstreams_from_config(cfg)
     owns_tracer = tracer is None
     tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")

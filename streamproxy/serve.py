@@ -76,9 +76,9 @@ class Running:
 
 async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Tracer | None = None) -> Running:
     """Start everything; returns once the port accepts connections."""
+    await check_server(cfg)  # queue.redis_cluster vs what the server at redis_url is, before any engine
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
-    await check_server(cfg)  # queue.redis_cluster vs what the server at redis_url is
     pool, supervisor = await upstreams_from_config(cfg)
     owns_tracer = tracer is None
     tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")

@@ -25,7 +25,7 @@ from streamproxy.auth.keys import KeyStore
 from streamproxy.config import ConfigError, load_config
 from streamproxy.jobs.routes import start_jobs
 from streamproxy.outbound.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from streamproxy.redisconn import check_server
+from streamproxy.redisconn import check_server, connect
 from streamproxy.serve import Running
 from tests.helpers.clients import open_stream, refused, words_audio
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config
@@ -171,6 +171,24 @@ async def test_async_job_callback_and_readyz_on_a_cluster(tmp_path: Path, cluste
             finally:
                 assert await worker.stop() == 0
             assert not [ln for ln in worker.lines if ln.get("event") == "worker_error"], worker.lines[-5:]
+
+
+async def test_fresh_cluster_clients_take_concurrent_commands(cluster: RedisCluster) -> None:
+    """Many tasks on a client that has not met the cluster yet (a gateway's first requests): every
+    command succeeds. redis-py's own client sends a few of them on connections it is resetting."""
+    prefix = unique_prefix()
+    cfg = load_config(None, env={}, overrides=_queue(cluster, prefix))
+    failures: list[BaseException] = []
+    for _ in range(10):
+        client = connect(cfg)
+        try:
+            got = await asyncio.gather(
+                *(client.set(f"{prefix}:k{i}", b"x" * 50_000, ex=30) for i in range(50)), return_exceptions=True
+            )
+        finally:
+            await client.aclose()
+        failures += [g for g in got if isinstance(g, BaseException)]
+    assert failures == []
 
 
 SR = 16000

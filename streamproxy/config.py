@@ -116,6 +116,7 @@ class ReconnectConfig:
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     redis_url: str = ""
+    redis_cluster: bool = False  # redis_url names any node of a Redis Cluster
     prefix: str = "{streamproxy}"
     concurrency: int = 10
     attempts: int = 3
@@ -615,6 +616,31 @@ def _cross_check(cfg: Config) -> None:
         )
     if cfg.engine.base_port and cfg.engine.base_port + cfg.engine.processes - 1 > 65535:
         raise ConfigError("engine.base_port", "base_port + processes - 1 must be <= 65535")
+    if cfg.queue.redis_cluster:
+        _check_cluster(cfg.queue)
+
+
+def _check_cluster(q: QueueConfig) -> None:
+    """A cluster needs a TCP node address (no embedded Redis, no unix socket, db 0) and a prefix
+    whose hash tag keeps every Lua script's and transaction's keys in one slot."""
+    if not q.redis_url:
+        raise ConfigError(
+            "queue.redis_cluster",
+            "true needs queue.redis_url naming a node of the cluster (the embedded Redis is not a cluster)",
+        )
+    parts = urlsplit(q.redis_url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError("queue.redis_cluster", "true needs a redis:// or rediss:// queue.redis_url (no unix socket)")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigError(
+            "queue.redis_cluster", f"a Redis Cluster has only db 0 (queue.redis_url selects {parts.path})"
+        )
+    tag = re.search(r"\{([^}]*)\}", q.prefix)
+    if tag is None or not tag.group(1):
+        raise ConfigError(
+            "queue.prefix",
+            f"must contain a hash tag such as {{streamproxy}} when queue.redis_cluster is true (got {q.prefix!r})",
+        )
 
 
 def load_config(

@@ -23,6 +23,7 @@ from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
 from .metrics import Metrics
+from .redisconn import check_server
 from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
@@ -76,6 +77,7 @@ class Running:
 
 async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Tracer | None = None) -> Running:
     """Start everything; returns once the port accepts connections."""
+    await check_server(cfg)  # queue.redis_cluster vs what the server at redis_url is, before any engine
     auth = Authenticator(cfg, static_keys=client_keys)  # reads the key file: bad file -> ConfigError
     check_exposure(cfg, auth.has_keys)
     pool, supervisor = await upstreams_from_config(cfg)

@@ -19,9 +19,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import Config
+from ..redisconn import RedisClient, connect
 
 __all__ = ["LEASE_S", "WINDOW_S", "Lease", "Limiter", "Refusal", "normalise_origin"]
 
@@ -92,17 +92,14 @@ class Limiter:
     cfg: Config
     _rates: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)  # window, cur, prev
     _sessions: dict[str, set[str]] = field(default_factory=dict)
-    _redis: Any = None
+    _redis: RedisClient | None = None
     _refresher: asyncio.Task[None] | None = None
     _last_error_log: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cfg.queue.redis_url:
-            import redis.asyncio as aioredis
-
-            self._redis = aioredis.Redis.from_url(
-                self.cfg.queue.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
+            # Fail fast (no retries): a slow limits store must not hold up admission.
+            self._redis = connect(self.cfg, socket_timeout=2.0, connect_timeout=2.0, retries=0)
             self._rate_script = self._redis.register_script(_RATE_LUA)
             self._acquire_script = self._redis.register_script(_ACQUIRE_LUA)
 
@@ -216,13 +213,15 @@ class Limiter:
 
     async def _refresh_leases(self) -> None:
         """Keep this instance's session leases alive in Redis while the sessions are."""
+        redis = self._redis
+        assert redis is not None
         while True:
             await asyncio.sleep(_REFRESH_S)
             if not self._sessions:
                 continue
             expiry = time.time() + LEASE_S
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
+                async with redis.pipeline(transaction=False) as pipe:
                     for principal, sids in list(self._sessions.items()):
                         pipe.zadd(f"{self._prefix}:live:{principal}", dict.fromkeys(sids, expiry), xx=True)
                     await pipe.execute()

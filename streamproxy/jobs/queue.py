@@ -39,16 +39,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from bullmq import Job, Queue
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Config, QueueConfig, resolve_data_dir
-from .redis_embedded import EmbeddedRedis, ping
+from ..redisconn import bullmq_connection, connect, ping
+from .redis_embedded import EmbeddedRedis
 
 log = logging.getLogger("streamproxy.jobs")
 
@@ -84,44 +79,18 @@ def is_job_id(value: str) -> bool:
     return _JOB_ID.fullmatch(value) is not None
 
 
-def bullmq_connection(url: str) -> dict[str, Any]:
-    """redis-py client options for bullmq from a URL.
-
-    ``socket_timeout=None`` is required with redis-py >= 8, whose default 5 s socket timeout is
-    shorter than the worker's blocking BZPOPMIN wait: without it jobs stall.
-    """
-    kw: dict[str, Any] = dict(parse_url(url))
-    cls = kw.pop("connection_class", None)
-    if "path" in kw:
-        kw["unix_socket_path"] = kw.pop("path")
-    if cls is not None and cls.__name__ == "SSLConnection":
-        kw["ssl"] = True
-    kw["socket_timeout"] = None
-    kw.setdefault("socket_connect_timeout", 10)
-    return kw
-
-
-def raw_client(url: str) -> aioredis.Redis:
-    """A bytes client that survives a Redis restart: stale pooled connections are retried."""
-    return aioredis.from_url(
-        url,
-        socket_connect_timeout=10,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-
-
 async def connect_redis(cfg: Config, *, embedded_fallback: bool) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, spawning the embedded server when none is configured (or reachable).
 
-    ``embedded_fallback`` False (workers): a configured but unreachable Redis is waited for, since a
-    worker on a private Redis would never see the gateway's jobs.
+    ``embedded_fallback`` False (workers), or a cluster (an embedded Redis is none): a configured but
+    unreachable Redis is waited for, since a worker on a private Redis would never see the gateway's
+    jobs.
     """
     url = cfg.queue.redis_url
     if url:
         if await ping(url, 2.0):
             return url, None
-        if not embedded_fallback:
+        if not embedded_fallback or cfg.queue.redis_cluster:
             log.warning("redis unreachable, waiting", extra={"event": "redis_wait"})
             while not await ping(url, 2.0):
                 await asyncio.sleep(1.0)
@@ -184,10 +153,10 @@ class JobQueue:
     def __init__(self, url: str, q: QueueConfig) -> None:
         self.url = url
         self.cfg = q
-        opts: dict[str, Any] = {"connection": bullmq_connection(url), "prefix": q.prefix}
-        self.transcribe = Queue(TRANSCRIBE_QUEUE, opts)
-        self.webhooks = Queue(WEBHOOK_QUEUE, opts)
-        self.raw = raw_client(url)  # bytes: audio blobs, markers
+        # One connection each: bullmq closes a client it was given with its Queue.
+        self.transcribe = Queue(TRANSCRIBE_QUEUE, {"connection": bullmq_connection(url, q), "prefix": q.prefix})
+        self.webhooks = Queue(WEBHOOK_QUEUE, {"connection": bullmq_connection(url, q), "prefix": q.prefix})
+        self.raw = connect(q, url=url)  # bytes: audio blobs, markers; survives a Redis restart
         self.keys = Keys(q.prefix)
 
     async def close(self) -> None:

@@ -24,7 +24,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-import redis.asyncio as aioredis
+from ..redisconn import ping
 
 log = logging.getLogger("streamproxy.jobs")
 
@@ -70,17 +70,6 @@ def socket_path(data_dir: Path) -> Path:
         return p
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"streamproxy-redis-{digest}.sock"
-
-
-async def ping(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Redis answers at ``url`` within ``timeout``."""
-    client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(await client.ping())
-    except (OSError, aioredis.RedisError):
-        return False
-    finally:
-        await client.aclose()
 
 
 class EmbeddedRedis:

@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -36,6 +35,7 @@ from ..edge.health import READINESS
 from ..edge.middleware import REQUEST_ID, principal_of, request_authorized
 from ..gateway.state import GATEWAY, Gateway
 from ..outbound.fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
+from ..redisconn import CLIENT_ERRORS, answers
 from ..upstream.prerecorded import UpstreamRejected, UpstreamUnavailable, recognize
 from .audio import BadAudio, probe
 from .metrics import WorkerMetrics
@@ -88,10 +88,7 @@ class JobsService:
         """For /readyz: is the job queue's Redis answering? None when the queue is not started."""
         if self.jq is None:
             return None
-        try:
-            return bool(await asyncio.wait_for(self.jq.raw.ping(), 1.0))
-        except (TimeoutError, OSError, aioredis.RedisError):
-            return False
+        return await answers(self.jq.raw, 1.0)
 
     async def close(self) -> None:
         if self._depth_task is not None:
@@ -296,7 +293,7 @@ async def _submit(request: web.Request, *, route: str) -> web.Response:
         return deepgram_error(exc.status, str(exc), request_id=rid)
     except FetchError as exc:
         return deepgram_error(exc.status, str(exc), request_id=rid)
-    except (aioredis.RedisError, ConnectionError) as exc:
+    except (*CLIENT_ERRORS, ConnectionError) as exc:
         log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
         return deepgram_error(503, "job queue unavailable; retry later", request_id=rid)
 
@@ -384,7 +381,7 @@ async def _job(request: web.Request, *, delete: bool) -> web.Response:
     try:
         jq = await svc.ensure(start_worker=svc.q.serve_worker)
         out = await (jq.cancel(job_id, owner=_owner(request)) if delete else jq.status(job_id, owner=_owner(request)))
-    except (aioredis.RedisError, ConnectionError) as exc:
+    except (*CLIENT_ERRORS, ConnectionError) as exc:
         log.warning("queue unavailable: %s", exc, exc_info=True, extra={"event": "queue_unavailable"})
         return deepgram_error(503, "job queue unavailable; retry later", request_id=job_id)
     if out is None:

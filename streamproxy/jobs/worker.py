@@ -35,6 +35,7 @@ from ..config import Config
 from ..loop import run
 from ..outbound.fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from ..outbound.webhooks import deliver, new_secret
+from ..redisconn import bullmq_connection, check_server
 from ..tracing import Tracer, tracer_from_config
 from ..upstream.metrics import register_upstream_metrics
 from ..upstream.pool import UpstreamPool
@@ -49,7 +50,6 @@ from .queue import (
     WEBHOOK_JOB,
     WEBHOOK_QUEUE,
     JobQueue,
-    bullmq_connection,
     connect_redis,
 )
 
@@ -116,7 +116,6 @@ class JobWorker:
         self.fetcher = safe_session(self.policy, self.q.fetch_timeout_s)
         self.hooks_http = safe_session(self.policy, self.q.callback_timeout_s)
         base: dict[str, Any] = {
-            "connection": bullmq_connection(self.redis_url),
             "prefix": self.q.prefix,
             "lockDuration": round(self.q.lock_duration_s * 1000),
             "stalledInterval": round(self.q.stalled_interval_s * 1000),
@@ -125,11 +124,20 @@ class JobWorker:
             "name": self.name,
         }
         self._listener = asyncio.create_task(self._listen_cancels())
-        w = Worker(TRANSCRIBE_QUEUE, self._traced_process, {**base, "concurrency": self.concurrency})
+        conn = bullmq_connection  # a fresh client per Worker: each closes its own
+        w = Worker(
+            TRANSCRIBE_QUEUE,
+            self._traced_process,
+            {**base, "connection": conn(self.redis_url, self.q), "concurrency": self.concurrency},
+        )
         w.on("completed", self._on_completed)
         w.on("stalled", self._on_stalled)
         w.on("error", lambda err, *a: log.warning("worker error: %s", err, extra={"event": "worker_error"}))
-        hooks = Worker(WEBHOOK_QUEUE, self._traced_webhook, {**base, "concurrency": max(4, self.concurrency)})
+        hooks = Worker(
+            WEBHOOK_QUEUE,
+            self._traced_webhook,
+            {**base, "connection": conn(self.redis_url, self.q), "concurrency": max(4, self.concurrency)},
+        )
         hooks.on("failed", self._on_webhook_failed)
         hooks.on("error", lambda err, *a: log.warning("webhook worker error: %s", err, extra={"event": "worker_error"}))
         self.workers = [w, hooks]
@@ -435,6 +443,7 @@ class JobWorker:
 async def worker_main(
     cfg: Config, concurrency: int | None = None, *, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
 ) -> None:
+    await check_server(cfg)  # queue.redis_cluster vs the server: a mismatch fails at start
     url, embedded = await connect_redis(cfg, embedded_fallback=False)
     pool, supervisor = await upstreams_from_config(cfg, base_port=0)  # beside a serve on one host
     metrics = WorkerMetrics()

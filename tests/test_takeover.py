@@ -365,3 +365,55 @@ def test_takeover_refuses_what_it_cannot_serve() -> None:
         _core().take_over(records[1:], last_seq=0, audio_offset=0, now=1.0)
     with pytest.raises(ResumeError, match="last_seq must be"):
         _core().take_over(records, last_seq=-1, audio_offset=0, now=1.0)
+
+
+# ----------------------------------------------------------------------------- the built-in page
+async def test_page_in_chromium_resumes_on_the_other_instance(tmp_path: Path) -> None:
+    """The built-in page, through the balancer, with Chromium's fake microphone playing marker
+    audio: the instance holding its session is SIGKILLed mid-stream; the page resumes the same
+    session on the other one (resending from the end of its last final, which may be earlier than
+    what it had sent) and its final words follow the audio file exactly, across the takeover
+    (the fake microphone's known 10-20 ms capture glitches allowed, as in the page's own test)."""
+    from tests.test_page_browser import (
+        _require_browser,
+        browser_page,
+        check_timeline,
+        context_rate,
+        marker_wav,
+        page_words,
+        until,
+    )
+
+    _require_browser()
+    wav = marker_wav(tmp_path, await context_rate())
+    words_with_text = "window.streamproxyPage.finals.filter(f => f.channel.alternatives[0].words.length).length"
+    with _pair(tmp_path) as (a, b, _):
+        async with (
+            _nginx(tmp_path, (a.port, b.port)) as lb,
+            aiohttp.ClientSession() as http,
+            browser_page(wav) as page,
+        ):
+            await page.goto(f"http://127.0.0.1:{lb}/")
+            await page.click("#start")
+            await until(page, f"{words_with_text} >= 3", 30)
+            sid = await page.evaluate("window.streamproxyPage.sessionId")
+            counts = {sp.port: await _active_sessions(http, sp.port) for sp in (a, b)}
+            holder = [sp for sp in (a, b) if counts[sp.port] == 1]
+            assert sid and len(holder) == 1, counts
+            n_words = len(await page_words(page))
+            await asyncio.sleep(0.15)  # into the next word: audio and results in flight
+            _kill(holder[0])
+            await until(page, "window.streamproxyPage.reconnects >= 1", 30)
+            assert await page.evaluate("window.streamproxyPage.sessionId") == sid  # resumed, not new
+            await until(page, f"{words_with_text} >= {n_words + 4}", 30)
+            words = await page_words(page)
+            log = await page.inner_text("#log")
+            seqs = await page.evaluate(
+                "[...document.querySelectorAll('#finals .final')].map(e => Number(e.dataset.seq))"
+            )
+            assert not [e for e in page.errors if "WebSocket" not in e], page.errors
+            await page.click("#stop")
+            await until(page, "document.getElementById('state').dataset.state === 'idle'", 20)
+    assert "resumed: gateway has" in log, log
+    assert seqs == sorted(set(seqs)), seqs  # each final shown once, in order
+    check_timeline(words)

@@ -149,6 +149,9 @@ class SharedSessions:
         self.on_release: Callable[[str], None] = lambda sid: None
         self.on_lost: Callable[[str], None] = lambda sid: None
         self.held: Callable[[], Iterable[str]] = lambda: ()
+        # Pipelined scripts go as EVAL (Redis caches them compiled); the claim, awaited on its own,
+        # as EVALSHA (loaded on first use, and again after a Redis restart).
+        self._claim = redis.register_script(_CLAIM_LUA)
 
     # ------------------------------------------------------------------ keys
     def skey(self, sid: str) -> str:
@@ -330,7 +333,7 @@ class SharedSessions:
                     "holder did not let go in time: taking the session over",
                     extra={"event": "session_takeover_forced", "session_id": sid, "holder": holder},
                 )
-        got = await self.redis.eval(_CLAIM_LUA, 2, self.skey(sid), self.ckey(sid), holder, self.instance, self.ttl_ms)
+        got = await self._claim(keys=[self.skey(sid), self.ckey(sid)], args=[holder, self.instance, self.ttl_ms])
         if not got:
             raise KeyError(sid)
         if int(got[0]) != 1:

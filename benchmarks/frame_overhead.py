@@ -264,7 +264,7 @@ def shared_ab(args: argparse.Namespace) -> None:
         print(f"{label:<8}{m['added_p50_ms']:>11.3f}{m['added_p99_ms']:>11.3f}{m['cpu_ms_per_session_s']:>15.3f}")
     ratio = med["shared"]["cpu_ms_per_session_s"] / med["local"]["cpu_ms_per_session_s"]
     print(f"shared/local gateway CPU per session-second: {ratio:.3f}")
-    out = ROOT / "benchmarks" / "results" / "shared_state_ab.json"
+    out = ROOT / "benchmarks" / "results" / f"shared_state_ab_finals{args.finals_every}.json"
     out.write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med, "ratio": ratio}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

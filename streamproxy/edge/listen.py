@@ -90,7 +90,7 @@ async def _stream(request: web.Request, *, flux: bool) -> web.StreamResponse:
     try:
         lease = await admit(
             gw, principal=principal_of(request), session_id=sid, origin=request.headers.get("Origin"),
-            new=resumed is None,
+            new=resumed is None and remote is None,
         )  # fmt: skip
     except Refused as e:
         return refusal_response(e.refusal, sid)
@@ -108,6 +108,10 @@ async def _stream(request: web.Request, *, flux: bool) -> web.StreamResponse:
             except Exception as e:  # the shared store failed mid-takeover
                 log.warning("takeover failed", extra={"event": "takeover_error", "error": f"{type(e).__name__}: {e}"})
                 return deepgram_error(503, "session store unavailable; retry", request_id=sid)
+            principal = principal_of(request)
+            if principal is not None:  # the session's per-key slot moves here with it
+                await gw.limiter.adopt_session(principal.id, sid)
+                lease = Lease(gw.limiter, principal.id, sid)
         ws = web.WebSocketResponse(
             protocols=("token", "bearer"),
             max_msg_size=gw.cfg.limits.max_frame_bytes,

@@ -270,7 +270,8 @@ class SessionRunner:
                 if isinstance(data, asyncio.Future):
                     if not data.done():  # the final after it waits until its checkpoint is stored
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(data), self.checkpoint_gate_s)
+                            async with asyncio.timeout(self.checkpoint_gate_s):
+                                await data  # a timeout cancels it: its writer then sees it done
                     continue
                 self._client_bytes -= len(data)
                 if self._client_bytes < CLIENT_BACKLOG_LOW:

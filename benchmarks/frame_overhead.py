@@ -10,6 +10,13 @@ the same run, so the difference is what streamproxy adds (its processing plus on
 
 With ``--ab`` the gateway of another checkout (``git worktree add /tmp/before <commit>``) and this
 one run alternately, ``--rounds`` times each, in one invocation, so machine noise hits both alike.
+
+    python benchmarks/frame_overhead.py --shared-ab redis://127.0.0.1:6379 --rounds 3
+
+runs this checkout with and without shared session state (``session.shared_state``, resumable
+sessions kept in that Redis) alternately, with ``proxy_events`` (resumable sessions) and a sink that
+answers a final every ``--finals-every`` frames (default 10: one final per second), so the cost of
+a checkpoint per final, the session's record and the heartbeat are all in the figure.
 """
 
 from __future__ import annotations
@@ -45,15 +52,33 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def run(args: argparse.Namespace, tree: Path = ROOT) -> dict[str, Any]:
+def _final(index: int, every: int) -> str:
+    """A Deepgram final covering frames ``[index - every, index)`` (100 ms each), one word."""
+    start, duration = round((index - every) * 0.1, 3), round(every * 0.1, 3)
+    word = {"word": "w", "start": start, "end": round(start + duration, 3), "confidence": 1.0}
+    alt = {"transcript": "w", "confidence": 1.0, "words": [word]}
+    return json.dumps(
+        {
+            "type": "Results", "channel_index": [0, 1], "duration": duration, "start": start, "is_final": True,
+            "speech_final": True, "channel": {"alternatives": [alt]},
+        }
+    )  # fmt: skip
+
+
+async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     arrivals: dict[tuple[int, int], float] = {}
+    every = args.finals_every
 
     async def sink(ws: ServerConnection) -> None:
+        frames = 0
         try:
             async for msg in ws:
                 if isinstance(msg, bytes) and len(msg) >= 8:
                     stream, seq = struct.unpack_from("<II", msg)
                     arrivals[(stream, seq)] = time.perf_counter()
+                    frames += 1
+                    if every and frames % every == 0:
+                        await ws.send(_final(frames, every))
         except websockets.ConnectionClosed:
             pass  # the gateway aborts its upstream sockets at shutdown
 
@@ -67,6 +92,7 @@ async def run(args: argparse.Namespace, tree: Path = ROOT) -> dict[str, Any]:
                 "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600",
                 "STREAMPROXY_LOG_LEVEL": "warning",
                 "PYTHONPATH": str(tree),
+                **(extra_env or {}),
             }
         )
         cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(gw_port)]
@@ -76,9 +102,10 @@ async def run(args: argparse.Namespace, tree: Path = ROOT) -> dict[str, Any]:
         try:
             await _wait_port(gw_port)
             results = {}
+            pe = "&proxy_events=true" if args.proxy_events else ""
             for name, url in [
                 ("direct", f"ws://127.0.0.1:{sink_port}/v1/listen"),
-                ("streamproxy", f"ws://127.0.0.1:{gw_port}/v1/listen?encoding=linear16&sample_rate=16000"),
+                ("streamproxy", f"ws://127.0.0.1:{gw_port}/v1/listen?encoding=linear16&sample_rate=16000{pe}"),
                 ("direct_again", f"ws://127.0.0.1:{sink_port}/v1/listen"),
             ]:
                 arrivals.clear()
@@ -154,6 +181,9 @@ def main() -> None:
     p.add_argument("--cpu", type=int, default=None, help="pin the gateway to this core (taskset)")
     p.add_argument("--ab", type=Path, default=None, help="another checkout to compare against (A/B)")
     p.add_argument("--rounds", type=int, default=3, help="A/B rounds (each runs both gateways)")
+    p.add_argument("--finals-every", type=int, default=0, help="the sink answers a final every N frames (0: never)")
+    p.add_argument("--proxy-events", action="store_true", help="clients ask for proxy_events (resumable sessions)")
+    p.add_argument("--shared-ab", default=None, metavar="REDIS_URL", help="A/B: shared session state off vs on")
     args = p.parse_args()
     try:
         import uvloop
@@ -161,6 +191,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    if args.shared_ab is not None:
+        shared_ab(args)
+        return
     if args.ab is not None:
         ab(args)
         return
@@ -196,6 +229,43 @@ def ab(args: argparse.Namespace) -> None:
     print(f"after/before gateway CPU per session-second: {ratio:.3f}")
     out = ROOT / "benchmarks" / "results" / "frame_overhead_ab.json"
     out.write_text(json.dumps({"args": {**vars(args), "ab": str(args.ab)}, "rounds": rows, "median": med}, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+def shared_ab(args: argparse.Namespace) -> None:
+    """This checkout without and with shared session state, interleaved; medians over the rounds."""
+    import uuid
+
+    args.proxy_events = True
+    args.finals_every = args.finals_every or 10
+    rows: dict[str, list[dict[str, float]]] = {"local": [], "shared": []}
+    for _ in range(args.rounds):
+        for label in ("local", "shared"):
+            env = {
+                "STREAMPROXY_QUEUE_REDIS_URL": args.shared_ab,
+                "STREAMPROXY_QUEUE_PREFIX": "{bench" + uuid.uuid4().hex[:8] + "}",
+                "STREAMPROXY_QUEUE_SERVE_WORKER": "false",
+                "STREAMPROXY_SESSION_SHARED_STATE": "true" if label == "shared" else "false",
+                # Clients drop without CloseStream (the sink would not answer it): their sessions wait
+                # for a resume; short windows let the gateway stop promptly after each run.
+                "STREAMPROXY_SESSION_RESUME_GRACE_S": "2",
+                "STREAMPROXY_SESSION_CLOSE_TIMEOUT_S": "1",
+                "STREAMPROXY_SESSION_DRAIN_TIMEOUT_S": "1",
+            }
+            res = asyncio.run(run(args, ROOT, env))
+            row = {**{f"added_{k}": v for k, v in res["added_ms"].items()}}
+            row["cpu_ms_per_session_s"] = res["paths"]["streamproxy"]["gateway_cpu_ms_per_session_s"]
+            row["lost"] = res["paths"]["streamproxy"]["lost"]
+            rows[label].append(row)
+            print(label, {k: round(v, 4) for k, v in row.items()}, flush=True)
+    med = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in rows.items()}
+    print(f"{'':<8}{'added p50':>11}{'added p99':>11}{'CPU ms/sess-s':>15}")
+    for label, m in med.items():
+        print(f"{label:<8}{m['added_p50_ms']:>11.3f}{m['added_p99_ms']:>11.3f}{m['cpu_ms_per_session_s']:>15.3f}")
+    ratio = med["shared"]["cpu_ms_per_session_s"] / med["local"]["cpu_ms_per_session_s"]
+    print(f"shared/local gateway CPU per session-second: {ratio:.3f}")
+    out = ROOT / "benchmarks" / "results" / f"shared_state_ab_finals{args.finals_every}.json"
+    out.write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med, "ratio": ratio}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

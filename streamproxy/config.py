@@ -100,6 +100,8 @@ class SessionConfig:
     max_message_bytes: int = 1_048_576
     client_idle_timeout_s: float = 10.0  # no audio and no text for this long -> NET-0001 (0 = never)
     client_write_timeout_s: float = 5.0  # a client write blocked this long -> client detached
+    shared_state: bool = True  # with queue.redis_url: resumable sessions kept in Redis (any instance resumes)
+    release_timeout_s: float = 1.0  # a resume elsewhere waits this long for a live holder to let go
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +297,7 @@ _SPECS: dict[str, _Spec] = {
     "session.max_message_bytes": _int_range(1024),
     "session.client_idle_timeout_s": _non_negative(),
     "session.client_write_timeout_s": _positive(),
+    "session.release_timeout_s": _positive(),
     "reconnect.base_s": _positive(),
     "reconnect.cap_s": _positive(),
     "reconnect.max_attempts": _int_range(0),

@@ -19,6 +19,7 @@ from .config import Config, ConfigError
 from .edge.app import build_app
 from .engine.supervisor import EngineSupervisor
 from .gateway.limits import Limiter
+from .gateway.shared import from_config as shared_sessions
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
@@ -83,7 +84,17 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     pool, supervisor = await upstreams_from_config(cfg)
     owns_tracer = tracer is None
     tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")
-    gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer, metrics=Metrics(region=cfg.server.region))
+    gw = Gateway(
+        cfg,
+        pool,
+        auth=auth,
+        limiter=Limiter(cfg),
+        tracer=tracer,
+        metrics=Metrics(region=cfg.server.region),
+        shared=shared_sessions(cfg),
+    )
+    if gw.shared is not None:
+        gw.shared.start()
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)

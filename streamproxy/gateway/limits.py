@@ -199,6 +199,18 @@ class Limiter:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_leases())
         return None
 
+    async def adopt_session(self, principal: str, session_id: str) -> None:
+        """Hold the slot of a session taken over from another instance: the same session, so no
+        limit applies and nothing is counted; this instance refreshes its lease from now on."""
+        self._sessions.setdefault(principal, set()).add(session_id)
+        if self._redis is not None:
+            try:
+                await self._redis.zadd(f"{self._prefix}:live:{principal}", {session_id: time.time() + LEASE_S})
+            except Exception as e:
+                self._redis_failed(e)
+            if self._refresher is None:
+                self._refresher = asyncio.get_running_loop().create_task(self._refresh_leases())
+
     async def close_session(self, principal: str, session_id: str) -> None:
         live = self._sessions.get(principal)
         if live is not None:

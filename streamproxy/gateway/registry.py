@@ -29,6 +29,9 @@ class SessionRegistry:
         runner = self._resumable.get(session_id)
         return None if runner is None or runner.finished.is_set() else runner
 
+    def resumable_ids(self) -> list[str]:
+        return list(self._resumable)
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -12,6 +12,7 @@ once. ``shutdown(code)`` is the one way anything else (drain, max duration, clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from ..metrics import Metrics
+from ..session.checkpoint import Checkpoint
 from ..session.core import (
     Action,
     CloseClient,
@@ -30,6 +32,7 @@ from ..session.core import (
     DropUpstream,
     Latency,
     Observe,
+    SaveCheckpoint,
     SendClient,
     SendUpstream,
     Session,
@@ -110,7 +113,12 @@ class SessionRunner:
         self.upstream: Upstream | None = None
         self._up_task: asyncio.Task[None] | None = None
         self._to_up: deque[bytes | str] = deque()
-        self._to_client: deque[str | bytes] = deque()
+        # Client-bound data; a future holds what follows it until a final's checkpoint is stored.
+        self._to_client: deque[str | bytes | asyncio.Future[bool]] = deque()
+        # Stores a checkpoint where another instance can find it (None: no shared state); a future
+        # it returns gates the final that follows.
+        self.on_checkpoint: Callable[[Checkpoint], asyncio.Future[bool] | None] | None = None
+        self.checkpoint_gate_s = 0.25
         self._up_flusher: object | None = None  # the upstream socket a flusher is writing to
         self._client_flushing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -143,6 +151,10 @@ class SessionRunner:
                 self._drop_upstream()
             elif type(a) is CloseClient:
                 self._close_client(a)
+            elif type(a) is SaveCheckpoint:
+                gate = self.on_checkpoint(a.record) if self.on_checkpoint is not None else None
+                if gate is not None:
+                    self._to_client.append(gate)
         self._reschedule()
         if inline:
             return
@@ -255,6 +267,12 @@ class SessionRunner:
         try:
             while self._to_client:
                 data = self._to_client.popleft()
+                if isinstance(data, asyncio.Future):
+                    if not data.done():  # the final after it waits until its checkpoint is stored
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.checkpoint_gate_s):
+                                await data  # a timeout cancels it: its writer then sees it done
+                    continue
                 self._client_bytes -= len(data)
                 if self._client_bytes < CLIENT_BACKLOG_LOW:
                     self._client_writable.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..auth.authenticator import Authenticator
 from ..config import Config
 from ..deepgram.encodings import AudioFormat
 from ..metrics import Metrics
+from ..session.checkpoint import Checkpoint
 from ..session.core import Session, SessionSettings
 from ..session.flux import FluxSession
 from ..tracing import Tracer
@@ -23,6 +25,7 @@ from ..upstream.recovery import Recovery
 from .limits import Lease, Limiter
 from .registry import SessionRegistry
 from .runner import ClientSocket, SessionRunner, clock
+from .shared import GATE_S, SharedSessions
 
 log = logging.getLogger("streamproxy.edge")
 
@@ -40,6 +43,7 @@ class Gateway:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False
     tracer: Tracer = field(default_factory=Tracer)
+    shared: SharedSessions | None = None  # resumable sessions in the shared Redis (any instance resumes)
     _http: aiohttp.ClientSession | None = None
     _recovery: Recovery | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
@@ -47,6 +51,10 @@ class Gateway:
     def __post_init__(self) -> None:
         # Computed at scrape time rather than updated on every audio frame.
         self.metrics.audio_buffered.set_function(self.sessions.buffered_seconds)
+        if self.shared is not None:
+            self.shared.on_release = self._release_to_other
+            self.shared.on_lost = self._lost_to_other
+            self.shared.held = self.sessions.resumable_ids
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -94,11 +102,19 @@ class Gateway:
         resumable: bool = True,
         flux: bool = False,
         protocol: str | None = None,
+        query: str = "",
+        takeover: tuple[list[Checkpoint], int, int | None] | None = None,
     ) -> SessionRunner:
         """Start a session (Live, or Flux with ``flux``); from here on it owns ``lease`` and ends only
-        through its runner."""
+        through its runner. ``query``: the request's, kept for a resume on another instance;
+        ``takeover`` (checkpoints, last_seq, audio_offset): continue a session another instance
+        held (raises ResumeError before anything starts)."""
+        shared = self.shared
         settings = self.settings(proxy_events, resumable=resumable, flux=flux)
+        if shared is not None and settings.resume_grace_s > 0 and proxy_events:
+            settings = dataclasses.replace(settings, checkpoints=True)
         core = (FluxSession if flux else Session)(fmt, settings, now=clock(), session_id=sid)
+        first = core.take_over(*takeover, now=clock()) if takeover is not None else []
         runner = SessionRunner(
             core,
             client,
@@ -120,10 +136,33 @@ class Gateway:
         runner.protocol = protocol or ("v2" if flux else "v1")
         runner.span = self.tracer.start("session", session_id=sid, protocol=runner.protocol)
         runner.lease = lease
+        if settings.checkpoints and shared is not None:
+            runner.on_checkpoint = lambda record: shared.save(sid, record)
+            runner.checkpoint_gate_s = GATE_S
+            if takeover is None:
+                shared.opened(sid, owner=owner, protocol=runner.protocol, query=query)
         self.sessions.add(runner)
         self.metrics.sessions_active.labels(runner.protocol, self.metrics.region).inc()
+        runner.apply(first)  # a takeover: "resumed", then the finals the client missed
         runner.start()
         return runner
+
+    def _release_to_other(self, sid: str) -> None:
+        """Another instance resumes this session: stop it here (its upstream with it), leaving the
+        last checkpoint to the successor."""
+        runner = self.sessions.resumable(sid)
+        if self.shared is None:
+            return
+        if runner is not None:
+            self.shared.save(sid, runner.core.checkpoint_now())
+            runner.shutdown(4000, force=True, outcome="moved")
+        self.shared.let_go(sid)
+
+    def _lost_to_other(self, sid: str) -> None:
+        """Another instance took this session over (this one was presumed dead): end the copy here."""
+        runner = self.sessions.resumable(sid)
+        if runner is not None:
+            runner.shutdown(4000, force=True, outcome="moved")
 
     def _session_done(self, runner: SessionRunner) -> None:
         """Accounting once per session, whichever way it ended."""
@@ -138,6 +177,8 @@ class Gateway:
         elif runner.close_code == 1012:
             outcome = "drained"
         self.metrics.sessions_total.labels(outcome, runner.protocol, self.metrics.region).inc()
+        if self.shared is not None and core.s.checkpoints and outcome != "moved":
+            self.shared.ended(core.session_id)  # over: no instance can resume it any more
         self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
         summary = runner.summary()
         log.info(
@@ -171,6 +212,8 @@ class Gateway:
             r.shutdown(1012, force=True)
 
     async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
         if self._http is not None:

@@ -24,6 +24,7 @@ import orjson
 from ..deepgram.encodings import AudioFormat
 from ..deepgram.messages import CLOSE_STREAM, FINALIZE, KEEPALIVE, error_message, metadata_message
 from ..deepgram.validate import live_problem
+from .checkpoint import Checkpoint, CheckpointError, restart_point
 from .outbox import Outbox, OutboxError
 from .ring import RingBuffer
 
@@ -48,6 +49,7 @@ class SessionSettings:
     resume_grace_s: float = 0.0  # > 0 (with proxy_events) keeps a dropped client's session resumable
     outbox_max: int = 1024  # delivered messages kept for a resuming client
     client_idle_timeout_s: float = 0.0  # > 0: no audio and no message from the client -> NET-0001, 1011
+    checkpoints: bool = False  # a resumable session reports a Checkpoint per delivered final (shared state)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -76,6 +78,14 @@ class DropUpstream:
     """Abort the current upstream connection (a stall); its close is then ignored."""
 
     reason: str
+
+
+@dataclass(slots=True)
+class SaveCheckpoint:
+    """Store this record where another instance can take the session over from it; a ``SendClient``
+    after it carries the final the record describes, so the caller may hold that until it is stored."""
+
+    record: Checkpoint
 
 
 @dataclass(slots=True)
@@ -119,7 +129,7 @@ class Count:
     label: str = ""
 
 
-Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count
+Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count | SaveCheckpoint
 
 
 class Phase(enum.Enum):
@@ -227,6 +237,11 @@ class Session:
         self.phase = Phase.STREAMING
         self._detach_deadline: float | None = None
         self._resume_pos: int | None = None  # stream offset of the next byte from a resumed client
+        # Shared state: the acknowledgement (bytes) and the finals whose checkpoints are due.
+        self.ack_pos = 0
+        self._last_final_seq = 0
+        self._ck_due: list[tuple[int, Checkpoint]] = []  # (index in _actions, record)
+        self._ck_state_due = False  # state changed without a final (an accepted Configure)
 
         # Closing.
         self.client_gone = False  # nothing more can be sent to the client
@@ -364,6 +379,7 @@ class Session:
         if inflight is not None and inflight[1]:  # the client's: it gets the answer, once
             if msg.get("type") == "ConfigureSuccess":
                 self._configure_latest = inflight[0]
+                self._ck_state_due = True
             self._deliver(msg)
         self._pump_configure()  # answers to re-applied (or unsolicited) Configures stay here
 
@@ -375,7 +391,37 @@ class Session:
     # ------------------------------------------------------------------ helpers
     def _take(self) -> list[Action]:
         out, self._actions = self._actions, []
+        if self._ck_due or self._ck_state_due:
+            self._insert_checkpoints(out)
         return out
+
+    def _insert_checkpoints(self, out: list[Action]) -> None:
+        """Each final's record goes just before the ``SendClient`` that carries it; protocol state is
+        taken now, after the message was fully handled."""
+        extra, cfg = self._checkpoint_extra(), self._configure_latest
+        for index, rec in reversed(self._ck_due):
+            out.insert(index, SaveCheckpoint(Checkpoint(
+                rec.seq, rec.before, rec.ack, rec.ends, rec.prev, rec.text, cfg, extra,
+            )))  # fmt: skip
+        if self._ck_state_due and not self._ck_due and not self.done:
+            out.append(SaveCheckpoint(self.checkpoint_now()))
+        self._ck_due.clear()
+        self._ck_state_due = False
+
+    def checkpoint_now(self) -> Checkpoint:
+        """The state alone (no message): what a replacement needs if this instance lets go now."""
+        return Checkpoint(
+            self.outbox.seq, self.ack_pos, self.ack_pos, dict(self.delivered_end), self._last_final_seq,
+            None, self._configure_latest, self._checkpoint_extra(),
+        )  # fmt: skip
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """Protocol state a replacement needs (v1: what SpeechStarted/UtteranceEnd have reached)."""
+        return {"speech_started": self._speech_started, "utterance_end": self._utterance_end}
+
+    def _restore_extra(self, extra: dict[str, Any], position_samples: int) -> None:
+        self._speech_started = max(int(extra.get("speech_started", -1)), position_samples)
+        self._utterance_end = max(int(extra.get("utterance_end", -1)), position_samples)
 
     @property
     def closing(self) -> bool:
@@ -752,6 +798,7 @@ class Session:
             if from_finalize and self._finalize_owed:
                 self._finalize_owed -= 1
             self.delivered_end[ch] = max(delivered, end)
+            before = self.ack_pos
             self._ack(answered=1 if from_finalize else 0)
         else:
             floor = max(delivered, self._interim_end.get(ch, -1))
@@ -770,7 +817,8 @@ class Session:
                 self._actions.append(Observe(Latency.FIRST_WORD, latency))
         self.stats.results += 1
         if self.s.proxy_events:
-            self._emit_seq(msg, latency_ms=None if latency is None else round(latency * 1000, 3))
+            lat_ms = None if latency is None else round(latency * 1000, 3)
+            self._emit_seq(msg, final_before=before if is_final else None, latency_ms=lat_ms)
         elif changed or filtered:
             self._emit_client(msg)
         else:
@@ -782,12 +830,17 @@ class Session:
         else:
             self._emit_client(msg)
 
-    def _emit_seq(self, msg: dict[str, Any], **proxy: Any) -> None:
-        """Number a message for the client and keep it for a resume."""
+    def _emit_seq(self, msg: dict[str, Any], *, final_before: int | None = None, **proxy: Any) -> None:
+        """Number a message for the client and keep it for a resume; a final (``final_before``: the
+        acknowledgement before it) also gets its checkpoint, placed before it."""
         seq = self.outbox.number()
         msg["proxy"] = {"seq": seq, **proxy}
         text = orjson.dumps(msg).decode()
         self.outbox.hold(seq, text)
+        if final_before is not None and self.s.checkpoints and self.resumable:
+            rec = Checkpoint(seq, final_before, self.ack_pos, dict(self.delivered_end), self._last_final_seq, text)
+            self._ck_due.append((len(self._actions), rec))
+            self._last_final_seq = seq
         self._emit_client(text)
 
     # ------------------------------------------------------------------ resumption
@@ -820,6 +873,39 @@ class Session:
         self._actions.extend(SendClient(text) for text in self.outbox.after(last_seq))
         return self._take()
 
+    def take_over(self, records: list[Checkpoint], last_seq: int, audio_offset: int | None, now: float) -> list[Action]:
+        """Continue, on this instance, a session another one held, from its checkpoints (oldest
+        first): the client resends from the end of the last final it has, gets the finals it
+        missed again, and ``seq`` goes on. Call before ``start``; raises ResumeError."""
+        try:
+            point = restart_point(records, last_seq)
+        except CheckpointError as e:
+            raise ResumeError(str(e)) from None
+        pos = point.position
+        if audio_offset is not None and audio_offset > pos:
+            raise ResumeError(
+                f"audio_offset {audio_offset} is beyond the audio received ({pos} bytes): audio would be lost"
+            )
+        latest = point.latest
+        self.client_pos = self.framed_pos = self.sent_pos = self.ack_pos = pos
+        self.ring.start = pos
+        self.stats.audio_bytes = 0
+        self.outbox.seq = point.seq
+        if latest is not None:
+            self.delivered_end = dict(latest.ends)
+            self._interim_end = dict(latest.ends)
+            self._last_final_seq = latest.seq if latest.text is not None else latest.prev
+            self._configure_latest = latest.configure
+            self._restore_extra(latest.extra, self.fmt.bytes_to_samples(pos))
+        held = [r for r in records if r.text is not None and r.seq > last_seq]
+        for r in held:
+            self.outbox.hold(r.seq, r.text or "")
+        self._last_client_input = now
+        self._resume_pos = audio_offset if audio_offset is not None else pos
+        self._status("resumed", audio_bytes_received=pos, last_seq=self.outbox.seq)
+        self._actions.extend(SendClient(text) for text in point.missed)
+        return self._take()
+
     def _ack(self, answered: int) -> None:
         """The watermark is the minimum over channels of the last final's end."""
         if not self.fmt.raw:
@@ -833,6 +919,7 @@ class Session:
     def _release_to(self, ack: int, answered: int) -> None:
         """Move the watermark to ``ack`` (bytes): the ring and the arrival stamps before it go."""
         ack = min(ack, self.framed_pos)
+        self.ack_pos = max(self.ack_pos, ack)
         self.ring.release(ack, answered)
         self._drop_arrivals(ack)
 

@@ -84,6 +84,16 @@ class FluxSession(Session):
     def _on_new_connection(self, now: float) -> None:
         self._up_turns_ended = 0  # a replacement numbers its turns from 0 again
 
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {"sequence_id": self._next_sequence_id, "turns": self.turns_ended}
+
+    def _restore_extra(self, extra: dict[str, Any], position_samples: int) -> None:
+        # The client has had Connected and every turn up to the restart point; the replacement's
+        # turns are numbered on from there.
+        self._connected_sent = True
+        self._next_sequence_id = int(extra.get("sequence_id", 0))
+        self.turns_ended = int(extra.get("turns", 0))
+
     @property
     def _stall_timeout(self) -> float:
         factor = 1 if self._turn_open else _BETWEEN_TURNS_STALL_FACTOR
@@ -146,7 +156,9 @@ class FluxSession(Session):
             return
         self._emit_turn(msg, turn, start, end)
 
-    def _emit_turn(self, msg: dict[str, Any], turn: int, start: int, end: int, **proxy: Any) -> None:
+    def _emit_turn(
+        self, msg: dict[str, Any], turn: int, start: int, end: int, *, final_before: int | None = None, **proxy: Any
+    ) -> None:
         sr = self._sr
         self._turn_high = max(self._turn_high, end)
         out = {**msg, "turn_index": turn, "audio_window_start": start / sr, "audio_window_end": end / sr}
@@ -159,7 +171,7 @@ class FluxSession(Session):
         if self.s.proxy_events:
             out["sequence_id"] = self._next_sequence_id
             self._next_sequence_id += 1
-            self._emit_seq(out, **proxy)
+            self._emit_seq(out, final_before=final_before, **proxy)
         else:
             self._deliver(out)
 
@@ -171,6 +183,12 @@ class FluxSession(Session):
         words = msg["words"]
         if deliver and words and words[-1].get("end") is not None and self.fmt.raw:
             latency = self._latency(self.fmt.samples_to_bytes(self._rebase(words[-1]["end"])), now)
+        before = self.ack_pos
+        # The watermark: everything up to the turn's end is acknowledged (and a ForceEndTurn the
+        # client sent is answered by a manual end); moved before the EndOfTurn goes out, so its
+        # checkpoint says where a replacement starts.
+        if self.fmt.raw:
+            self._release_to(self.fmt.samples_to_bytes(end), 1 if manual else 0)
         if deliver:
             if latency is not None:
                 self.stats.latencies.append(latency)
@@ -179,11 +197,8 @@ class FluxSession(Session):
                     self.stats.first_word_latency = latency
             self._actions.append(Count(Counter.TURN, 1, str(msg.get("trigger") or "")))
             lat = None if latency is None else round(latency * 1000, 3)
-            self._emit_turn(msg, turn, start, end, **({} if lat is None else {"latency_ms": lat}))
+            proxy = {} if lat is None else {"latency_ms": lat}
+            self._emit_turn(msg, turn, start, end, final_before=before, **proxy)
         self._up_turns_ended += 1
         self.turns_ended += deliver
         self._turn_open, self._eager, self._turn_high = False, False, -1
-        # The watermark: everything up to the turn's end is acknowledged (and a ForceEndTurn the
-        # client sent is answered by a manual end).
-        if self.fmt.raw:
-            self._release_to(self.fmt.samples_to_bytes(end), 1 if manual else 0)

@@ -5,18 +5,19 @@
 // carries proxy.seq. After a dropped socket the page reconnects with
 //   resume=<session_id>&last_seq=<last seq seen>&audio_offset=<offset of the first byte it resends>
 // and waits for ProxyStatus "resumed" (audio_bytes_received = N) before resending its held audio
-// from audio_offset; the gateway ignores the bytes it already has and re-sends results after
-// last_seq. Audio is held client-side from the end of the last final (which the gateway certainly
-// received) and at most ~30 s back while connected. If the gateway refuses the resume (unknown or
-// expired session, error), the page starts a fresh session and resends the audio after the last
-// final, so no word is lost at the seam.
+// from audio_offset (the gateway skips what it has); the gateway re-sends results after last_seq.
+// N may be EARLIER than what the page sent: an instance that took the session over from a dead one
+// has the audio only up to the end of the last final the page has. So audio is held client-side
+// from the end of the last final (at most HOLD_MAX_S), not only what the gateway has not
+// acknowledged, and audio_offset is never beyond that end. If the gateway refuses the
+// resume (unknown or expired session, error), the page starts a fresh session and resends the
+// audio after the last final, so no word is lost at the seam.
 "use strict";
 
 (() => {
   const SR = 16000;
   const BPS = SR * 2; // bytes per second of linear16 mono
-  const KEEP_S = 30; // audio held back while connected
-  const HOLD_MAX_S = 120; // audio held while disconnected before giving up on resuming
+  const HOLD_MAX_S = 120; // audio held after the last final before giving up on resuming
   const LAT_WINDOW = 300; // results in the page's own latency figures
   const BASE_QUERY = "encoding=linear16&sample_rate=16000&interim_results=true&proxy_events=true";
   // Flux: turns instead of results; the same audio, resume and latency extensions.
@@ -187,6 +188,8 @@
     if (msg.state === "resumed") {
       const have = msg.audio_bytes_received;
       st.reconnects++;
+      // Resent from audio_offset as announced (the gateway skips what it has): after a takeover
+      // `have` is the end of our last final, possibly earlier than what we had sent.
       log(`resumed: gateway has ${(have / BPS).toFixed(2)} s; resending from ${(st.resumeFrom / BPS).toFixed(2)} s`);
       goLive(st.resumeFrom);
     } else if (msg.state === "reconnecting") {
@@ -208,8 +211,9 @@
     if (st.live && ws && ws.readyState === WebSocket.OPEN) {
       ws.send(data);
       st.sent = st.history.end;
-      // Audio before the last final certainly reached the gateway; keep at most KEEP_S seconds anyway.
-      st.history.trimBefore(Math.max(st.finalEnd, st.history.end - KEEP_S * BPS));
+      // Audio before the last final is transcribed for good; what follows it, any instance that
+      // resumes the session may ask for again (bounded: HOLD_MAX_S).
+      st.history.trimBefore(Math.max(st.finalEnd, st.history.end - HOLD_MAX_S * BPS));
     } else if (st.history.end - st.history.start > HOLD_MAX_S * BPS) {
       st.history.trimBefore(st.history.end - HOLD_MAX_S * BPS);
       st.sessionId = null; // too much held: resuming is no longer possible; start afresh

@@ -106,11 +106,17 @@ class ServeProc:
 
 @contextlib.contextmanager
 def serve_proc(
-    data_dir: Path, *args: str, env: Mapping[str, str] | None = None, wait_ready: bool = True
+    data_dir: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    wait_ready: bool = True,
+    own_group: bool = False,
 ) -> Iterator[ServeProc]:
-    """Start ``streamproxy serve ARGS``; yields once it logged ``listening`` (port filled in)."""
+    """Start ``streamproxy serve ARGS``; yields once it logged ``listening`` (port filled in).
+    ``own_group``: in a process group of its own (with its engines), so a test can SIGKILL them all."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamproxy", "serve", *args],
+        start_new_session=own_group,
         env=child_env(data_dir, env),
         cwd=REPO,
         stdin=subprocess.DEVNULL,
@@ -131,6 +137,9 @@ def serve_proc(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # engines left behind by a killed gateway
         sp._reader.join(5)
 
 

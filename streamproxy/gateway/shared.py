@@ -1,0 +1,341 @@
+"""Resumable sessions in the shared Redis, so that any instance can resume any session.
+
+Per session (hash-tagged, so every multi-key operation stays in one Redis Cluster slot):
+
+- ``{P:s:<id>}`` a hash: ``meta`` (owner hash, protocol, the original query) and ``holder`` (the
+  instance id holding it, "" once it let go);
+- ``{P:s:<id>}:ck`` a list of checkpoints (``session.checkpoint``), one per delivered final, the
+  latest ``KEEP_CHECKPOINTS``.
+
+Per instance: ``{P:i:<instance>}:alive`` (a heartbeat key that expires ``HOLDER_TTL_S`` after the
+instance stops refreshing it) and ``{P:i:<instance>}:inbox`` (where another instance asks it to
+let a session go). Both session keys expire ``resume_grace_s`` + ``TTL_MARGIN_S`` after their last
+refresh.
+
+Every write goes through one writer task that batches what is due into one pipeline: nothing
+here is awaited on the audio path, and a failed write is logged and counted, never raised into a
+session. A checkpoint's write also gives the runner a future, so a final reaches the client after
+its checkpoint is stored (bounded by ``GATE_S``; while Redis fails, finals are not held at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..config import Config
+from ..redisconn import connect
+from ..session.checkpoint import Checkpoint
+
+log = logging.getLogger("streamproxy.shared")
+
+#: A dead instance's heartbeat key is gone this long after its last refresh.
+HOLDER_TTL_S = 3.0
+HEARTBEAT_S = 1.0
+#: Session keys outlive the grace window by this much (a refresh may be late).
+TTL_MARGIN_S = 10.0
+#: Checkpoints kept per session: a client further behind than this many finals cannot be taken over.
+KEEP_CHECKPOINTS = 128
+#: Longest a final waits for its checkpoint to be stored before it goes to the client anyway.
+GATE_S = 0.25
+#: Bound on writes waiting for Redis; past it they are dropped (counted), the sessions unaffected.
+MAX_PENDING = 100_000
+
+# KEYS: hash, list. ARGV: me, entry, keep, ttl_ms. Only the holder appends: a holder that was
+# presumed dead and taken over must not write into its successor's log (0 tells it so).
+_SAVE_LUA = """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+# KEYS: hash, list. ARGV: me, what holder becomes ("" = let go; absent = delete the session).
+_LETGO_LUA = """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
+if ARGV[2] then
+  redis.call('HSET', KEYS[1], 'holder', ARGV[2])
+else
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 1
+"""
+# KEYS: hash, list. ARGV: expected holder, me, ttl_ms. -> {1, checkpoints} | {0, holder} | false.
+_CLAIM_LUA = """
+local h = redis.call('HGET', KEYS[1], 'holder')
+if not h then return false end
+if h ~= ARGV[1] then return {0, h} end
+redis.call('HSET', KEYS[1], 'holder', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {1, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+
+def from_config(cfg: Config) -> SharedSessions | None:
+    """The shared session state, when this gateway has a shared Redis (``queue.redis_url``) and
+    sessions can be resumed at all; None: resumption stays within this instance."""
+    q, s = cfg.queue, cfg.session
+    if not q.redis_url or not s.shared_state or s.resume_grace_s <= 0:
+        return None
+    # The socket timeout outlasts the inbox's 1 s blocking pop. No retries: a failed write is
+    # counted and the next checkpoint supersedes it; a final never waits on a reconnecting client.
+    client = connect(cfg, socket_timeout=5.0, connect_timeout=2.0, retries=0)
+    return SharedSessions(
+        client, prefix=q.prefix, resume_grace_s=s.resume_grace_s, release_timeout_s=s.release_timeout_s
+    )
+
+
+def owner_hash(owner: str) -> str:
+    """What is stored instead of the owner (a key id): enough to compare, nothing to reuse."""
+    return hashlib.sha256(b"streamproxy-owner:" + owner.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSession:
+    """A session as the shared store has it: who may resume it, how it was opened, who holds it."""
+
+    session_id: str
+    owner_hash: str
+    protocol: str  # "v1" | "v2"
+    query: str  # the original request's query string
+    holder: str
+
+
+class TakeoverBusy(Exception):
+    """Another instance took the session over meanwhile."""
+
+
+Op = Callable[[Any], None]
+
+
+class SharedSessions:
+    """This instance's side of the shared session state (one per gateway)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        resume_grace_s: float,
+        release_timeout_s: float,
+        instance: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.p = prefix.strip("{}") or "streamproxy"
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.ttl_ms = int((resume_grace_s + TTL_MARGIN_S) * 1000)
+        self.release_timeout_s = release_timeout_s
+        self.healthy = True  # the last write batch succeeded: finals wait for their checkpoints
+        self.writes_failed = 0
+        self.writes_dropped = 0
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[bool] | None, Callable[[Any], None] | None]] = (
+            asyncio.Queue()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_error_log = 0.0
+        # Set by the gateway: let a local session go (asked by another instance), and end a local
+        # session another instance has taken over.
+        self.on_release: Callable[[str], None] = lambda sid: None
+        self.on_lost: Callable[[str], None] = lambda sid: None
+        self.held: Callable[[], Iterable[str]] = lambda: ()
+        # Pipelined scripts go as EVAL (Redis caches them compiled); the claim, awaited on its own,
+        # as EVALSHA (loaded on first use, and again after a Redis restart).
+        self._claim = redis.register_script(_CLAIM_LUA)
+
+    # ------------------------------------------------------------------ keys
+    def skey(self, sid: str) -> str:
+        return "{" + self.p + ":s:" + sid + "}"
+
+    def ckey(self, sid: str) -> str:
+        return self.skey(sid) + ":ck"
+
+    def alive_key(self, instance: str) -> str:
+        return "{" + self.p + ":i:" + instance + "}:alive"
+
+    def inbox_key(self, instance: str) -> str:
+        return "{" + self.p + ":i:" + instance + "}:inbox"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(t) for t in (self._writer(), self._heartbeat(), self._inbox())]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.alive_key(self.instance))
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 10.0:
+            self._last_error_log = now
+            log.warning(
+                "shared session store unreachable: sessions go on, resuming elsewhere may not work",
+                extra={"event": "shared_state_error", "op": what, "error": f"{type(e).__name__}: {e}"},
+            )
+
+    # ------------------------------------------------------------------ writes (never awaited by sessions)
+    def _submit(
+        self, op: Op, *, gate: bool = False, then: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[bool] | None:
+        if self._queue.qsize() >= MAX_PENDING:
+            self.writes_dropped += 1
+            return None
+        fut: asyncio.Future[bool] | None = asyncio.get_running_loop().create_future() if gate else None
+        self._queue.put_nowait((op, fut, then))
+        return fut if self.healthy else None
+
+    def opened(self, sid: str, *, owner: str, protocol: str, query: str) -> None:
+        meta = orjson.dumps({"owner": owner_hash(owner), "protocol": protocol, "query": query})
+        s, c, ttl = self.skey(sid), self.ckey(sid), self.ttl_ms
+
+        def op(pipe: Any) -> None:
+            pipe.delete(c)
+            pipe.hset(s, mapping={"meta": meta, "holder": self.instance})
+            pipe.pexpire(s, ttl)
+
+        self._submit(op)
+
+    def save(self, sid: str, record: Checkpoint) -> asyncio.Future[bool] | None:
+        """Append a checkpoint; the future (None: do not wait) resolves once it is stored."""
+        entry = record.dumps()
+        s, c = self.skey(sid), self.ckey(sid)
+
+        def op(pipe: Any) -> None:
+            pipe.eval(_SAVE_LUA, 2, s, c, self.instance, entry, KEEP_CHECKPOINTS, self.ttl_ms)
+
+        def then(result: Any) -> None:
+            if result == 0:
+                self.on_lost(sid)  # presumed dead and taken over meanwhile: let the copy here go
+
+        return self._submit(op, gate=record.text is not None, then=then)
+
+    def let_go(self, sid: str) -> None:
+        """This instance stops holding the session; another may claim it at once."""
+        s, c = self.skey(sid), self.ckey(sid)
+        self._submit(lambda pipe: pipe.eval(_LETGO_LUA, 2, s, c, self.instance, ""))
+
+    def ended(self, sid: str) -> None:
+        """The session is over: nobody can resume it any more."""
+        s, c = self.skey(sid), self.ckey(sid)
+        self._submit(lambda pipe: pipe.eval(_LETGO_LUA, 2, s, c, self.instance))
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 1000:
+                batch.append(self._queue.get_nowait())
+            ok = False
+            results: list[Any] = []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    counts = []
+                    for op, _, _ in batch:
+                        before = len(pipe)
+                        op(pipe)
+                        counts.append(len(pipe) - before)
+                    raw = await asyncio.wait_for(pipe.execute(raise_on_error=False), 5.0)
+                ok = not any(isinstance(r, Exception) for r in raw)
+                i = 0
+                for n in counts:  # each op's last reply is its result
+                    results.append(raw[i + n - 1] if n else None)
+                    i += n
+            except (Exception, TimeoutError) as e:
+                self._failed("write", e)
+            if not ok:
+                self.writes_failed += len(batch)
+            self.healthy = ok
+            for k, (_, fut, then) in enumerate(batch):
+                if fut is not None and not fut.done():
+                    fut.set_result(ok)
+                if ok and then is not None:
+                    then(results[k])
+
+    async def _heartbeat(self) -> None:
+        beats = 0
+        refresh_every = max(1, int(self.ttl_ms / 1000 / 3 / HEARTBEAT_S))
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(self.alive_key(self.instance), b"1", px=int(HOLDER_TTL_S * 1000))
+                    if beats % refresh_every == 0:
+                        for sid in self.held():
+                            pipe.pexpire(self.skey(sid), self.ttl_ms)
+                            pipe.pexpire(self.ckey(sid), self.ttl_ms)
+                    await asyncio.wait_for(pipe.execute(raise_on_error=False), 5.0)
+            except (Exception, TimeoutError) as e:
+                self._failed("heartbeat", e)
+            beats += 1
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _inbox(self) -> None:
+        """Requests from other instances to let a session go."""
+        key = self.inbox_key(self.instance)
+        while True:
+            try:
+                got = await self.redis.blpop([key], timeout=1)
+            except (Exception, TimeoutError) as e:
+                self._failed("inbox", e)
+                await asyncio.sleep(1.0)
+                continue
+            if got:
+                sid = got[1].decode() if isinstance(got[1], bytes) else str(got[1])
+                log.info("asked to let a session go", extra={"event": "session_release", "session_id": sid})
+                self.on_release(sid)
+
+    # ------------------------------------------------------------------ takeover (another instance's session)
+    async def lookup(self, sid: str) -> RemoteSession | None:
+        d = await self.redis.hgetall(self.skey(sid))
+        if not d or b"meta" not in d:
+            return None
+        meta = orjson.loads(d[b"meta"])
+        holder = d.get(b"holder", b"").decode()
+        return RemoteSession(sid, str(meta["owner"]), str(meta["protocol"]), str(meta["query"]), holder)
+
+    async def take(self, remote: RemoteSession) -> list[Checkpoint]:
+        """Become the session's holder: ask a live holder to let go (and wait up to
+        ``release_timeout_s`` for it), or take it from a dead one; returns its checkpoints."""
+        sid, holder = remote.session_id, remote.holder
+        if holder and holder != self.instance and await self.redis.exists(self.alive_key(holder)):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.inbox_key(holder), sid)
+                pipe.pexpire(self.inbox_key(holder), int(HOLDER_TTL_S * 1000) * 10)
+                await pipe.execute()
+            deadline = time.monotonic() + self.release_timeout_s
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                now_holder = await self.redis.hget(self.skey(sid), "holder")
+                if now_holder is None:
+                    raise KeyError(sid)  # it ended meanwhile
+                if now_holder.decode() != holder:
+                    holder = now_holder.decode()
+                    break
+            else:
+                log.info(
+                    "holder did not let go in time: taking the session over",
+                    extra={"event": "session_takeover_forced", "session_id": sid, "holder": holder},
+                )
+        got = await self._claim(keys=[self.skey(sid), self.ckey(sid)], args=[holder, self.instance, self.ttl_ms])
+        if not got:
+            raise KeyError(sid)
+        if int(got[0]) != 1:
+            raise TakeoverBusy(sid)
+        return [Checkpoint.loads(raw) for raw in got[1]]

@@ -1,5 +1,6 @@
 """``queue.redis_cluster = true`` on a real 3-master Redis Cluster: per-key limits shared by two
-gateways, async jobs through a ``streamproxy worker`` (and a callback), readiness, and a resume.
+gateways, async jobs through a ``streamproxy worker`` (and a callback), readiness, a resume, and a session
+moving to another instance with its state in the cluster.
 
 ``queue.redis_url`` always names a node that does *not* serve the prefix's slot, so every command
 works only because the client follows the cluster's redirections ("any node" of the contract).
@@ -254,6 +255,52 @@ async def test_resume_on_a_cluster(tmp_path: Path, cluster: RedisCluster) -> Non
     union = results + [m for m in second if m.get("type") != "ProxyStatus"]
     seqs = [m["proxy"]["seq"] for m in union]
     assert seqs == list(range(1, len(seqs) + 1))
+    assert [(w, round(s, 6), round(e, 6)) for w, s, e in final_words(union)] == EXPECTED
+
+
+async def test_session_moves_to_another_instance_on_a_cluster(tmp_path: Path, cluster: RedisCluster) -> None:
+    """Cross-instance resume with the session state in the cluster: a client streaming to A (still
+    connected) resumes on B; A lets go (its socket closed 4000), B claims the session from the
+    checkpoints (the claim script, the holder's inbox and the per-final writes all run on the
+    cluster), tells the client where to resend from, and the finals equal the uninterrupted run."""
+    o = {**_queue(cluster, unique_prefix()), "session.resume_grace_s": 10.0}
+    url = f"/v1/listen?encoding=linear16&sample_rate={SR}&proxy_events=true"
+    async with gateways(tmp_path, o, n=2) as [a, b]:
+        first: list[dict[str, Any]] = []
+        ws = await websockets.connect(f"ws://127.0.0.1:{a.port}{url}")
+        assert ws.response is not None
+        sid = ws.response.headers["dg-request-id"]
+        reader = asyncio.create_task(_recv(ws, first, stop_after_finals=3))
+        sent = 0
+        while not reader.done() and sent < len(AUDIO) * 2 // 3:
+            await ws.send(AUDIO[sent : sent + CHUNK])
+            sent += CHUNK
+            await asyncio.sleep(0.02)
+        await reader
+        results = [m for m in first if m.get("type") != "ProxyStatus"]
+        last_seq = max(m["proxy"]["seq"] for m in results)
+        # The client holds its audio from the end of its last final and resends from there.
+        held_from = round(max(m["start"] + m["duration"] for m in results if m.get("is_final")) * SR) * 2
+        second: list[dict[str, Any]] = []
+        resume = f"{url}&resume={sid}&last_seq={last_seq}&audio_offset={held_from}"
+        async with websockets.connect(f"ws://127.0.0.1:{b.port}{resume}") as ws2:
+            status = orjson.loads(await ws2.recv())
+            assert status["type"] == "ProxyStatus" and status["state"] == "resumed", status
+            offset = status["audio_bytes_received"]
+            assert 0 < offset == held_from <= sent
+            reader2 = asyncio.create_task(_recv(ws2, second))
+            for pos in range(held_from, len(AUDIO), CHUNK):
+                await ws2.send(AUDIO[pos : pos + CHUNK])
+            await ws2.send('{"type":"CloseStream"}')
+            await asyncio.wait_for(reader2, 15)
+            assert ws2.close_code == 1000
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 4000  # A let go of it
+        assert not a.gateway.sessions.resumable(sid)
+    union = results + [m for m in second if m.get("type") != "ProxyStatus"]
+    seqs = [m["proxy"]["seq"] for m in union]
+    assert seqs == sorted(set(seqs)), seqs  # never repeats, never goes back
     assert [(w, round(s, 6), round(e, 6)) for w, s, e in final_words(union)] == EXPECTED
 
 

@@ -172,11 +172,18 @@ class SharedSessions:
         self._tasks = [loop.create_task(t) for t in (self._writer(), self._heartbeat(), self._inbox())]
 
     async def close(self) -> None:
+        # A cancel can be swallowed (Python 3.11's wait_for when the inner call completes at the
+        # same moment, or a client library catching it): cancel again until the tasks are gone.
+        pending = set(self._tasks)
+        for _ in range(20):
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved: a task that died of an error was already logged
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.redis.delete(self.alive_key(self.instance))

@@ -1,10 +1,10 @@
 """ASR benchmark: accuracy, speed, streaming latency and capacity of the embedded engine kinds.
 
 Per kind (``pocketsphinx`` is the baseline, ``whisper`` the default; ``marker`` is not ASR and is
-left out), on a small speech set this script builds with espeak-ng (two voices; no real speech is
-shipped by any package installed here):
+left out), on a small speech set this script builds with espeak-ng (two voices):
 
-* files: WER and real-time factor (wall and CPU seconds per audio second, one decode thread);
+* files: WER (synthetic, and on the built-in real speech of ``streamproxy.eval.corpus.real``) and
+  real-time factor (wall and CPU seconds per audio second, one decode thread);
 * streaming: the sentences as one track with pauses, sent in real time (100 ms frames) to a
   ``streamproxy engine`` subprocess; WER of the finals, and final latency = arrival of the final
   covering a sentence's end - the moment its last voiced sample was sent;
@@ -87,6 +87,15 @@ def synthesize(text: str, voice: str, directory: Path, speed: int = 150) -> np.n
     """espeak-ng -> sox 16 kHz mono int16 (streamproxy.eval.corpus.synthesize)."""
     wav = corpus.read_wav(corpus.synthesize(text, directory / "out.wav", voice, speed))
     return np.frombuffer(wav.pcm, dtype="<i2").copy()
+
+
+def real_clips() -> list[Clip]:
+    """The built-in real-speech set (streamproxy.eval.corpus.real), as clips."""
+    out = []
+    for u in corpus.real():
+        wav = u.read()
+        out.append(Clip(u.text, u.id, np.frombuffer(wav.pcm, dtype="<i2").copy()))
+    return out
 
 
 def speech_set(n: int, directory: Path) -> list[Clip]:
@@ -363,10 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ("pocketsphinx", "whisper")
     load_before = os.getloadavg()
     files = {}
+    files_real = {}
     streaming = {}
+    real = real_clips()
     for kind in kinds:
         print(f"files: {kind} ...", flush=True)
         files[kind] = bench_files(kind, clips)
+        files_real[kind] = bench_files(kind, real)
     for kind in kinds:
         print(f"streaming: {kind} ...", flush=True)
         streaming[kind] = bench_streaming(kind, clips)
@@ -380,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base_f, base_s = files["pocketsphinx"], streaming["pocketsphinx"]
     print()
-    print("| kind | file WER | file RTF (wall / CPU) | stream WER | final latency p50 / p95 | vs pocketsphinx |")
+    print(
+        "| kind | file WER synthetic / real | file RTF (wall / CPU) | stream WER | final latency p50 / p95 "
+        "| vs pocketsphinx |"
+    )
     print("|---|---|---|---|---|---|")
     for kind in kinds:
         f, st = files[kind], streaming[kind]
@@ -389,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             f"latency {st['latency_p50_s'] / base_s['latency_p50_s']:.2f}x"
         )
         print(
-            f"| {kind} | {f['wer']:.1%} | {f['rtf_wall']:.3f} / {f['rtf_cpu']:.3f} | {st['wer']:.1%} | "
+            f"| {kind} | {f['wer']:.1%} / {files_real[kind]['wer']:.1%} | {f['rtf_wall']:.3f} / {f['rtf_cpu']:.3f} | "
+            f"{st['wer']:.1%} | "
             f"{st['latency_p50_s']:.2f} / {st['latency_p95_s']:.2f} s | {ratios} |"
         )
     wi, w0 = streaming["whisper+interims"], streaming["whisper"]
@@ -425,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": {
             k: {kk: vv for kk, vv in v.items() if kk != "clips"} | {"clips": v["clips"]} for k, v in files.items()
         },
+        "files_real_speech": files_real,
         "streaming": streaming,
         "capacity": {
             "rows": capacity,

@@ -98,16 +98,22 @@ async def stream_one(
     # sent[i] = (audio seconds covered after chunk i, monotonic send time)
     sent_pos: list[float] = []
     sent_at: list[float] = []
+    all_sent = False
     bytes_per_s = wav.sample_rate * wav.channels * 2
 
     def sent_time(t_audio: float) -> float | None:
+        """Send time of the chunk holding audio time ``t_audio``; past the end of the file (a
+        word end rounded up), the last chunk; not yet sent (a recogniser ahead of its input) None."""
         i = bisect_left(sent_pos, t_audio - 1e-9)
-        return sent_at[i] if i < len(sent_at) else None
+        if i < len(sent_at):
+            return sent_at[i]
+        return sent_at[-1] if all_sent and sent_at else None
 
     try:
         async with websockets.connect(url, additional_headers=headers, open_timeout=15, max_size=None) as ws:
 
             async def send() -> None:
+                nonlocal all_sent
                 t0 = time.monotonic()
                 for i, pos in enumerate(range(0, len(wav.pcm), frame_bytes)):
                     if realtime:
@@ -118,6 +124,7 @@ async def stream_one(
                     sent_at.append(time.monotonic())
                     if progress is not None:
                         progress(len(chunk) / bytes_per_s)
+                all_sent = True
                 await ws.send('{"type":"CloseStream"}')
 
             sender = asyncio.create_task(send())

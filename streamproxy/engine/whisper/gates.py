@@ -6,10 +6,13 @@ in the README's "Accuracy and formatting").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Gates"]
+from streamproxy.deepgram.types import Word
+
+__all__ = ["Gates", "voiced_words"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +35,17 @@ class Gates:
             "compression_ratio_threshold": self.compression_ratio_threshold,
             "hallucination_silence_threshold": self.hallucination_silence_s,
         }
+
+
+def voiced_words(words: Sequence[Word], voiced: Sequence[int], window: int, margin: int, rate: int) -> list[Word]:
+    """The words whose middle lies on a voiced window (``voiced``: window starts, in samples at ``rate``).
+
+    Whisper fits a hallucinated "okay" or "thank you" into the silent tail after the last voiced
+    window; a real word's middle is voiced even where its edges (coarse in Whisper) are not.
+    """
+    kept = []
+    for w in words:
+        mid = round((w.start + w.end) / 2 * rate)
+        if any(s - margin <= mid < s + window + margin for s in voiced):
+            kept.append(w)
+    return kept

@@ -22,7 +22,7 @@ import numpy as np
 from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 from streamproxy.engine.dsp import StreamResampler
 from streamproxy.engine.formatting import Formatting
-from streamproxy.engine.whisper.gates import Gates
+from streamproxy.engine.whisper.gates import Gates, voiced_words
 from streamproxy.engine.whisper.pool import SAMPLE_RATE, VAD_WINDOW, DecodePool
 from streamproxy.engine.whisper.words import to_words
 
@@ -266,20 +266,10 @@ class WhisperRecognizer:
         return self._prompt if self._gates.prompt and self._prompt else None
 
     def _voiced_only(self, words: list[Word]) -> list[Word]:
-        """Words whose middle lies on VAD-voiced audio (a window >= _OFF, give or take ``vad_margin_s``).
-
-        Whisper fits a hallucinated "okay" or "thank you" into the silent tail after the last voiced
-        window; a real word's middle is voiced even when its edges (coarse in Whisper) are not.
-        """
         if not self._gates.vad_words:
             return words
         voiced = [s for s, p in self._probs if p >= _OFF]
-        kept = []
-        for w in words:
-            mid = round((w.start + w.end) / 2 * SAMPLE_RATE)
-            if any(s - self._margin <= mid < s + VAD_WINDOW + self._margin for s in voiced):
-                kept.append(w)
-        return kept
+        return voiced_words(words, voiced, VAD_WINDOW, self._margin, SAMPLE_RATE)
 
     def _result(self, c: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool) -> Result:
         return span_result(

@@ -3,14 +3,17 @@
 Each variant runs the same audio through :class:`WhisperRecognizer` (100 ms chunks, exactly what
 ``serve`` feeds it, without the wall-clock wait) and counts, after normalisation:
 
-* ``real``: real read speech (clips of a registry package, one stream with pauses between them);
+* ``real``: the package's real read speech (``streamproxy.eval.corpus.real``) as one stream with
+  pauses; ``real-clips``: each utterance its own stream, closed right after it;
 * ``synthetic``: espeak-ng sentences, two voices, one stream;
-* ``short``: short utterances each followed by 2 s of silence (where Whisper adds "thank you");
+* ``short``: short espeak-ng utterances each followed by 2 s of silence, and all in one stream;
+* ``noisy``: ``real`` and the short stream under white and brown noise at 15 dB SNR;
 * ``nonspeech``: silence, white/brown noise, tones, breaths (shaped noise bursts), clicks: any
   word is an insertion.
 
-    python benchmarks/asr_quality.py                  # every variant, ~3-5 min on 2 cores
-    python benchmarks/asr_quality.py --variants main,default
+    python benchmarks/asr_quality.py                  # every variant, ~10 min on 2 cores
+    python benchmarks/asr_quality.py --variants main,no-prompt,vad-words   # README run A
+    python benchmarks/asr_quality.py --variants no-prompt,default          # README run B
 
 Writes benchmarks/results/asr_quality.json; prints one table row per variant and set.
 """
@@ -209,6 +212,7 @@ def run_variant(pool: DecodePool, gates: Gates, sets: dict[str, list[Item]]) -> 
 MAIN = Gates(prompt=True, vad_words=False)  # what the recognizer did before these gates
 VARIANTS: dict[str, Gates] = {  # each measured against the one before it, on the same audio
     "main": MAIN,
+    "vad-words": dataclasses.replace(MAIN, vad_words=True),
     "no-prompt": dataclasses.replace(MAIN, prompt=False),
     "default": Gates(),  # no prompt + VAD word gate
     "default+halluc-0.5": dataclasses.replace(Gates(), hallucination_silence_s=0.5),

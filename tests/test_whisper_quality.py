@@ -35,7 +35,7 @@ from benchmarks.asr_quality import SHORT, nonspeech_set, real_set, short_set, sp
 from streamproxy.config import load_config
 from streamproxy.deepgram.types import Result, Word
 from streamproxy.engine.formatting import Formatting, Token, format_words, spoken
-from streamproxy.engine.options import BadRequest, parse_live_params, prerecorded_options
+from streamproxy.engine.options import BadRequest, parse_flux_params, parse_live_params, prerecorded_options
 from streamproxy.engine.sphinx import SphinxRecognizer
 from streamproxy.engine.whisper.gates import Gates, voiced_words
 from streamproxy.engine.whisper.pool import DecodePool, WhisperOptions, load_pool
@@ -251,6 +251,8 @@ def test_formatting_params_parsed_and_bad_values_refused() -> None:
     smart = parse_live_params(MultiDict(smart_format="true"), "pocketsphinx")
     assert smart.formatting == Formatting(punctuate=True, numerals=True)
     assert prerecorded_options(MultiDict(punctuate="true"), SR).formatting == Formatting(punctuate=True)
+    assert parse_flux_params(MultiDict(numerals="true"), "whisper").numerals
+    assert not parse_flux_params(MultiDict(), "whisper").numerals
     for bad in ({"numerals": "yes"}, {"smart_format": "1"}, {"punctuate": "maybe"}):
         with pytest.raises(BadRequest, match=next(iter(bad))):
             parse_live_params(MultiDict(bad), "whisper")

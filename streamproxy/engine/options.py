@@ -127,6 +127,7 @@ class FluxOptions:
     sample_rate: int
     thresholds: FluxThresholds
     model: str
+    numerals: bool = False  # numerals=true: number words as digits (set at connection time only)
 
 
 def _unit_float(name: str, value: str) -> float:
@@ -165,7 +166,7 @@ def parse_flux_params(query: MultiMapping[str], kind: str) -> FluxOptions:
         check_thresholds(th)
     except ThresholdError as exc:
         raise BadRequest(str(exc)) from None
-    return FluxOptions(sample_rate=sr, thresholds=th, model=model)
+    return FluxOptions(sample_rate=sr, thresholds=th, model=model, numerals=_bool(query, "numerals"))
 
 
 def check_prerecorded_params(query: MultiMapping[str]) -> None:

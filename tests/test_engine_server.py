@@ -564,7 +564,12 @@ def test_live_options_from_query() -> None:
         sample_rate="8000", endpointing="false", smart_format="true", interim_results="true", utterance_end_ms="1000"
     )
     assert parse_live_params(q, "marker") == LiveOptions(
-        sample_rate=8000, interim_results=True, endpointing_ms=None, utterance_end_ms=1000, punctuate=True
+        sample_rate=8000,
+        interim_results=True,
+        endpointing_ms=None,
+        utterance_end_ms=1000,
+        punctuate=True,
+        numerals=True,  # smart_format implies both, as Deepgram documents
     )
     assert parse_live_params(MultiDict(endpointing="true"), "marker").endpointing_ms == 300
     assert parse_live_params(MultiDict(endpointing="250"), "whisper").endpointing_ms == 250

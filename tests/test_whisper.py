@@ -37,6 +37,7 @@ from deepgram.types.listen_v1response import ListenV1Response
 from benchmarks.asr import synthesize
 from streamproxy.config import load_config
 from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd
+from streamproxy.engine.formatting import Formatting, spoken
 from streamproxy.engine.kinds import transcribe
 from streamproxy.engine.launch import engine_kind
 from streamproxy.engine.options import LiveOptions
@@ -44,7 +45,7 @@ from streamproxy.engine.supervisor import free_port
 from streamproxy.engine.whisper.model import PACKAGE_SHA256, auto_kind, resolve_model
 from streamproxy.engine.whisper.pool import DecodedWord, DecodePool, WhisperOptions, load_pool
 from streamproxy.engine.whisper.recognizer import WhisperRecognizer
-from streamproxy.engine.whisper.words import plain, to_words
+from streamproxy.engine.whisper.words import to_words
 from streamproxy.eval import text as text_eval
 from tests.helpers.engine import require_espeak
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
@@ -504,16 +505,22 @@ async def test_decode_overload_error_1013_and_gateway_failover(speech: Speech) -
 
 def test_words_plain_and_clamped() -> None:
     """Whisper's words become Deepgram's: plain text, inside the span, monotonic, never before the onset."""
-    assert [plain(t) for t in ("Hello,", "'tis", "don't.", "...", "Mr.")] == ["hello", "tis", "don't", "", "mr"]
+    assert [spoken(t) for t in ("Hello,", "'tis", "don't.", "...", "Mr.")] == [
+        ["hello"],
+        ["tis"],
+        ["don't"],
+        [],
+        ["mister"],
+    ]
     decoded = [
         DecodedWord("Hello,", 0.0, 0.4, 0.9),  # Whisper's typical 0.00 start, before the onset
         DecodedWord("...", 0.4, 0.5, 0.5),  # punctuation only: dropped
         DecodedWord("World.", 0.3, 9.0, 1.5),  # overlaps the previous word, runs past the span
     ]
     offset, lo, hi, earliest = 16000, 16000, 32000, 20000
-    words = to_words(decoded, offset, lo, hi, earliest, punctuate=True)
+    words = to_words(decoded, offset, lo, hi, earliest, fmt=Formatting(punctuate=True))
     assert [(w.word, w.punctuated_word) for w in words] == [("hello", "Hello,"), ("world", "World.")]
     assert words[0].start == 20000 / SR and words[0].end == (16000 + 0.4 * SR) / SR
     assert words[1].start == words[0].end and words[1].end == hi / SR
     assert words[1].confidence == 1.0
-    assert [w.punctuated_word for w in to_words(decoded, offset, lo, hi, earliest, punctuate=False)] == [None, None]
+    assert [w.punctuated_word for w in to_words(decoded, offset, lo, hi, earliest, fmt=Formatting())] == [None, None]

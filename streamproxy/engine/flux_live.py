@@ -232,6 +232,7 @@ def _recognizer_options(opts: FluxOptions) -> LiveOptions:
         endpointing_ms=EndpointTurns(opts.thresholds).endpointing_ms(),
         vad_events=True,
         punctuate=True,
+        numerals=opts.numerals,
     )
 
 

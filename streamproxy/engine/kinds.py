@@ -19,6 +19,7 @@ from streamproxy.engine.recognizer import Recognizer
 from streamproxy.engine.sphinx import SphinxRecognizer
 from streamproxy.engine.state import EngineState
 from streamproxy.engine.whisper.files import transcribe_file
+from streamproxy.engine.whisper.gates import Gates
 from streamproxy.engine.whisper.pool import DecodePool
 from streamproxy.engine.whisper.recognizer import WhisperRecognizer
 
@@ -40,11 +41,11 @@ def make_recognizer(
         return WhisperRecognizer(
             opts.sample_rate,
             pool=whisper_pool,
-            punctuate=opts.punctuate,
+            formatting=opts.formatting,
             interim_every_s=interim_every_s,
             **opts.recognizer_kwargs(),
         )
-    return SphinxRecognizer(opts.sample_rate, **opts.recognizer_kwargs())
+    return SphinxRecognizer(opts.sample_rate, formatting=opts.formatting, **opts.recognizer_kwargs())
 
 
 async def open_recognizer(st: EngineState, opts: LiveOptions) -> Recognizer:
@@ -74,7 +75,10 @@ def transcribe(
     if kind == "whisper":
         assert whisper_pool is not None, "the whisper kind needs its loaded DecodePool"
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
-        return transcribe_file(whisper_pool, samples, opts.sample_rate, punctuate=opts.punctuate, progress=progress)
+        gates = Gates().transcribe_options()
+        return transcribe_file(
+            whisper_pool, samples, opts.sample_rate, fmt=opts.formatting, options=gates, progress=progress
+        )
     rec = make_recognizer(kind, opts)
     try:
         events: list[Event] = []

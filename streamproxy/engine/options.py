@@ -15,6 +15,7 @@ from multidict import MultiMapping
 from streamproxy.deepgram.flux import FLUX_MODELS, FluxThresholds
 from streamproxy.deepgram.params import FLUX_PARAMS, LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
 from streamproxy.engine.flux import ThresholdError, check_thresholds
+from streamproxy.engine.formatting import Formatting
 from streamproxy.engine.sphinx import SAMPLE_RATE as SPHINX_RATE
 
 __all__ = [
@@ -44,7 +45,12 @@ class LiveOptions:
     vad_events: bool = False
     utterance_end_ms: int | None = None
     model: str | None = None
-    punctuate: bool = False  # punctuate=true or smart_format=true (honoured by the whisper kind)
+    punctuate: bool = False  # punctuate=true or smart_format=true
+    numerals: bool = False  # numerals=true or smart_format=true
+
+    @property
+    def formatting(self) -> Formatting:
+        return Formatting(punctuate=self.punctuate, numerals=self.numerals)
 
     def recognizer_kwargs(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,10 @@ def _bool(query: MultiMapping[str], name: str) -> bool:
 
 def _punctuate(query: MultiMapping[str]) -> bool:
     return _bool(query, "punctuate") or _bool(query, "smart_format")
+
+
+def _numerals(query: MultiMapping[str]) -> bool:
+    return _bool(query, "numerals") or _bool(query, "smart_format")
 
 
 def _endpointing(query: MultiMapping[str]) -> int | None:
@@ -106,6 +116,7 @@ def parse_live_params(query: MultiMapping[str], kind: str) -> LiveOptions:
         utterance_end_ms=ue,
         model=query.get("model"),
         punctuate=_punctuate(query),
+        numerals=_numerals(query),
     )
 
 
@@ -116,6 +127,7 @@ class FluxOptions:
     sample_rate: int
     thresholds: FluxThresholds
     model: str
+    numerals: bool = False  # numerals=true: number words as digits (set at connection time only)
 
 
 def _unit_float(name: str, value: str) -> float:
@@ -154,7 +166,7 @@ def parse_flux_params(query: MultiMapping[str], kind: str) -> FluxOptions:
         check_thresholds(th)
     except ThresholdError as exc:
         raise BadRequest(str(exc)) from None
-    return FluxOptions(sample_rate=sr, thresholds=th, model=model)
+    return FluxOptions(sample_rate=sr, thresholds=th, model=model, numerals=_bool(query, "numerals"))
 
 
 def check_prerecorded_params(query: MultiMapping[str]) -> None:
@@ -185,6 +197,7 @@ def prerecorded_options(query: MultiMapping[str], sample_rate: int) -> LiveOptio
         endpointing_ms=_endpointing(query),
         model=query.get("model"),
         punctuate=_punctuate(query),
+        numerals=_numerals(query),
     )
 
 

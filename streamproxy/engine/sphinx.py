@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
+from streamproxy.engine.formatting import Formatting, Token, format_words
 
 __all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "default_pool"]
 
@@ -125,6 +126,7 @@ class SphinxRecognizer:
         utterance_end_ms: int | None = None,
         pool: DecoderPool | None = None,
         vad_mode: int = 1,
+        formatting: Formatting | None = None,
     ) -> None:
         if sample_rate != SAMPLE_RATE:
             raise ValueError(
@@ -137,6 +139,7 @@ class SphinxRecognizer:
         window_ms = 300 if endpointing_ms is None else min(max(endpointing_ms, 100), 2000)
         self._window = window_ms / 1000
         self._vad_mode = vad_mode
+        self._fmt = formatting or Formatting()
         self._vad = vad_events
         self._utt_end = None if utterance_end_ms is None else utterance_end_ms * sample_rate // 1000
         self._pool = pool if pool is not None else default_pool
@@ -300,21 +303,14 @@ class SphinxRecognizer:
 
     def _words(self) -> list[Word]:
         base = self._utt_start / self.sample_rate
-        words: list[Word] = []
+        tokens: list[Token] = []
         for seg in self._dec.seg() or ():
             w = _clean_word(seg.word)
             if w is None:
                 continue
-            conf = float(seg.prob)
-            words.append(
-                Word(
-                    w,
-                    base + seg.start_frame / _FRAME_RATE,
-                    base + (seg.end_frame + 1) / _FRAME_RATE,
-                    min(max(conf, 0.0), 1.0),
-                )
-            )
-        return words
+            start = base + seg.start_frame / _FRAME_RATE
+            tokens.append(Token(w, start, base + (seg.end_frame + 1) / _FRAME_RATE, float(seg.prob)))
+        return format_words(tokens, self._fmt)
 
     def _end_utt(self) -> list[Word]:
         self._dec.end_utt()

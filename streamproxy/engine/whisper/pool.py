@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,7 @@ class DecodePool:
     def name(self) -> str:
         return self.source.name
 
-    def _run(self, audio: np.ndarray, prompt: str | None) -> list[DecodedWord]:
+    def _run(self, audio: np.ndarray, prompt: str | None, options: Mapping[str, Any] | None) -> list[DecodedWord]:
         t0 = time.perf_counter()
         segments, _ = self.model.transcribe(
             audio,
@@ -142,6 +142,7 @@ class DecodePool:
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
             vad_filter=False,  # already segmented by our VAD
+            **(options or {}),
         )
         words = [
             DecodedWord(w.word.strip(), float(w.start), float(w.end), float(w.probability))
@@ -154,8 +155,13 @@ class DecodePool:
             self.stats.decode_s += time.perf_counter() - t0
         return words
 
-    def decode(self, audio: np.ndarray, prompt: str | None = None) -> list[DecodedWord]:
-        """Decode one utterance (float32, 16 kHz), waiting at most ``max_decode_wait_s`` for a slot."""
+    def decode(
+        self, audio: np.ndarray, prompt: str | None = None, options: Mapping[str, Any] | None = None
+    ) -> list[DecodedWord]:
+        """Decode one utterance (float32, 16 kHz), waiting at most ``max_decode_wait_s`` for a slot.
+
+        ``options`` are extra faster-whisper ``transcribe`` keywords (the recognizer's gates).
+        """
         t0 = time.perf_counter()
         if not self._sem.acquire(timeout=max(0.0, self.opts.max_decode_wait_s)):
             with self._lock:
@@ -167,18 +173,20 @@ class DecodePool:
         try:
             with self._lock:
                 self.stats.waited_s += time.perf_counter() - t0
-            return self._run(audio, prompt)
+            return self._run(audio, prompt, options)
         finally:
             self._sem.release()
 
-    def try_decode(self, audio: np.ndarray, prompt: str | None = None) -> list[DecodedWord] | None:
+    def try_decode(
+        self, audio: np.ndarray, prompt: str | None = None, options: Mapping[str, Any] | None = None
+    ) -> list[DecodedWord] | None:
         """Decode only if a slot is free now (interim results are best effort)."""
         if not self._sem.acquire(blocking=False):
             with self._lock:
                 self.stats.skipped_interims += 1
             return None
         try:
-            return self._run(audio, prompt)
+            return self._run(audio, prompt, options)
         finally:
             self._sem.release()
 
@@ -194,7 +202,7 @@ class DecodePool:
                 "slots": self.slots,
             }
 
-    def segments(self, audio: np.ndarray) -> Iterator[Any]:
+    def segments(self, audio: np.ndarray, options: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """Whole-file decoding (faster-whisper's own VAD and 30 s windows), one decode slot per window.
 
         The slot is taken for each window rather than for the whole file, so live streams keep
@@ -208,6 +216,7 @@ class DecodePool:
                 word_timestamps=True,
                 condition_on_previous_text=False,
                 vad_filter=True,
+                **(options or {}),
             )
         it = iter(segments)
         while True:

@@ -21,6 +21,8 @@ import numpy as np
 
 from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 from streamproxy.engine.dsp import StreamResampler
+from streamproxy.engine.formatting import Formatting
+from streamproxy.engine.whisper.gates import Gates, voiced_words
 from streamproxy.engine.whisper.pool import SAMPLE_RATE, VAD_WINDOW, DecodePool
 from streamproxy.engine.whisper.words import to_words
 
@@ -78,13 +80,18 @@ class WhisperRecognizer:
         endpointing_ms: int | None = 300,
         vad_events: bool = False,
         utterance_end_ms: int | None = None,
-        punctuate: bool = False,
+        formatting: Formatting | None = None,
         interim_every_s: float = 0.0,
+        gates: Gates | None = None,
     ) -> None:
         if not 8000 <= sample_rate <= 48000:
             raise ValueError(f"sample_rate must be between 8000 and 48000 Hz, got {sample_rate}")
         self.sample_rate = sample_rate
         self._pool = pool
+        self._gates = gates or Gates()
+        self._options = self._gates.transcribe_options()
+        self._tail = round(self._gates.tail_pad_s * SAMPLE_RATE)
+        self._margin = round(self._gates.vad_margin_s * SAMPLE_RATE)
         every = interim_every_s
         self._interim_every = round(every * SAMPLE_RATE) if interim_results and every > 0 else 0
         self._speech_final = endpointing_ms is not None
@@ -92,7 +99,7 @@ class WhisperRecognizer:
         self._min_silence = ms * SAMPLE_RATE // 1000
         self._vad_events = vad_events
         self._utt_end = None if utterance_end_ms is None else utterance_end_ms * SAMPLE_RATE // 1000
-        self._punctuate = punctuate
+        self._fmt = formatting or Formatting()
         self._resample = None if sample_rate == SAMPLE_RATE else StreamResampler(sample_rate, SAMPLE_RATE)
 
         self._vad = pool.vads.acquire()
@@ -221,7 +228,7 @@ class WhisperRecognizer:
         self._in_speech = False
         if self._voiced_windows < _MIN_SPEECH_WINDOWS:
             return  # a click or a breath: the next silence final acknowledges it
-        words = self._decode_utt(self._utt_start, min(self._last_voiced + _PAD, now), now)
+        words = self._decode_utt(self._utt_start, min(self._last_voiced + self._tail, now), now)
         self._emit(now, words, speech_final=self._speech_final and bool(words), from_finalize=False, out=out)
 
     def _cut(self, now: int, out: list[Event]) -> None:
@@ -237,12 +244,11 @@ class WhisperRecognizer:
 
     def _interim(self, now: int, out: list[Event]) -> None:
         audio = self._audio.slice(self._utt_start, now)
-        decoded = self._pool.try_decode(audio, self._prompt)
+        decoded = self._pool.try_decode(audio, self._prompt_text(), self._options)
         if decoded is None:
             return
-        words = to_words(
-            decoded, self._utt_start, self._final_end, now, self._onset - VAD_WINDOW, punctuate=self._punctuate
-        )
+        words = to_words(decoded, self._utt_start, self._final_end, now, self._onset - VAD_WINDOW, fmt=self._fmt)
+        words = self._voiced_only(words)
         if words:
             out.append(self._result(now, words, is_final=False, speech_final=False, from_finalize=False))
 
@@ -250,11 +256,20 @@ class WhisperRecognizer:
         audio = self._audio.slice(a, b)
         if audio.size < VAD_WINDOW:
             return []
-        decoded = self._pool.decode(audio, self._prompt)
-        words = to_words(decoded, a, self._final_end, hi, self._onset - VAD_WINDOW, punctuate=self._punctuate)
-        if decoded:
+        decoded = self._pool.decode(audio, self._prompt_text(), self._options)
+        words = to_words(decoded, a, self._final_end, hi, self._onset - VAD_WINDOW, fmt=self._fmt)
+        if decoded and self._gates.prompt:
             self._prompt = " ".join(d.text for d in decoded)[-200:]
-        return words
+        return self._voiced_only(words)
+
+    def _prompt_text(self) -> str | None:
+        return self._prompt if self._gates.prompt and self._prompt else None
+
+    def _voiced_only(self, words: list[Word]) -> list[Word]:
+        if not self._gates.vad_words:
+            return words
+        voiced = [s for s, p in self._probs if p >= _OFF]
+        return voiced_words(words, voiced, VAD_WINDOW, self._margin, SAMPLE_RATE)
 
     def _result(self, c: int, words: list[Word], *, is_final: bool, speech_final: bool, from_finalize: bool) -> Result:
         return span_result(

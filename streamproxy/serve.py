@@ -22,6 +22,7 @@ from .gateway.limits import Limiter
 from .gateway.state import Gateway
 from .jobs.routes import start_jobs
 from .loop import run as run_loop
+from .storage.setup import writer_from_config
 from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
@@ -67,6 +68,8 @@ class Running:
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.gateway.close()
+        if self.gateway.transcripts is not None:  # last: the sessions and jobs above ended into it
+            await self.gateway.transcripts.close()
         if self.owns_tracer:
             self.gateway.tracer.shutdown()  # flushes the spans still batched
         if self.supervisor is not None:
@@ -82,6 +85,9 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     tracer = tracer or tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy")
     gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer)
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
+    gw.transcripts = writer_from_config(cfg, gw.metrics.registry)  # [storage]; None when "off"
+    if gw.transcripts is not None:
+        await gw.transcripts.start()  # migrations and the retention purge; an outage is retried
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from ..deepgram.encodings import AudioFormat
 from ..metrics import Metrics
 from ..session.core import Session, SessionSettings
 from ..session.flux import FluxSession
+from ..storage.writer import TranscriptWriter
 from ..tracing import Tracer
 from ..upstream.connection import FLUX_PATH, LISTEN_PATH, client_session
 from ..upstream.pool import UpstreamPool
@@ -40,6 +42,7 @@ class Gateway:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False
     tracer: Tracer = field(default_factory=Tracer)
+    transcripts: TranscriptWriter | None = None  # stored transcripts ([storage]); None = off
     _http: aiohttp.ClientSession | None = None
     _recovery: Recovery | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
@@ -120,6 +123,9 @@ class Gateway:
         runner.protocol = protocol or ("v2" if flux else "v1")
         runner.span = self.tracer.start("session", session_id=sid, protocol=runner.protocol)
         runner.lease = lease
+        if self.transcripts is not None:
+            self.transcripts.begin(sid, owner=owner, source=runner.protocol, query=upstream_query)
+            runner.on_final = functools.partial(self.transcripts.final, sid)
         self.sessions.add(runner)
         self.metrics.sessions_active.labels(runner.protocol).inc()
         runner.start()
@@ -141,6 +147,11 @@ class Gateway:
         self.metrics.audio_received.inc(core.fmt.bytes_to_seconds(core.stats.audio_bytes))
         summary = runner.summary()
         log.info("session end", extra={"event": "session_end", "outcome": outcome, **summary})
+        if self.transcripts is not None:
+            self.transcripts.end(
+                core.session_id, owner=runner.owner, source=runner.protocol, query=runner.query, outcome=outcome,
+                summary=summary,
+            )  # fmt: skip
         self.tracer.end(runner.span, error=core.stats.fatal, attributes={"outcome": outcome, **summary})
         lease = runner.lease
         if lease is not None and not lease.released:

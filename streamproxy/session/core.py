@@ -119,7 +119,15 @@ class Count:
     label: str = ""
 
 
-Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count
+@dataclass(slots=True)
+class Final:
+    """A final result on the client's timeline (a Live final with words, a Flux ``EndOfTurn``), also
+    while the client is away: what a transcript store keeps. ``msg`` is the message as delivered."""
+
+    msg: dict[str, Any]
+
+
+Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count | Final
 
 
 class Phase(enum.Enum):
@@ -769,6 +777,8 @@ class Session:
                 self.stats.first_word_latency = latency
                 self._actions.append(Observe(Latency.FIRST_WORD, latency))
         self.stats.results += 1
+        if is_final and nwords:
+            self._actions.append(Final(msg))
         if self.s.proxy_events:
             self._emit_seq(msg, latency_ms=None if latency is None else round(latency * 1000, 3))
         elif changed or filtered:

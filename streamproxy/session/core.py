@@ -314,6 +314,7 @@ class Session:
             created="",
         )
         meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
+        meta["request_id"] = self.session_id  # the client's id (dg-request-id), whichever upstream(s) served it
         self._deliver(meta)
 
     def _on_new_connection(self, now: float) -> None:

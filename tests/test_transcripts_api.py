@@ -300,3 +300,43 @@ async def test_postgres_outage_mid_session_is_invisible_to_it(tmp_path: Path) ->
                 assert metric(gw, "streamproxy_storage_records_dropped_total") == 0
         finally:
             await cut.stop()
+
+
+async def test_page_lists_recent_transcripts(tmp_path: Path) -> None:
+    """The built-in page's small panel (headless Chromium) lists the stored transcripts, newest
+    first, with their text: fetched from /v1/transcripts at load and on refresh."""
+    from tests.test_page_browser import _require_browser, browser_page, until
+
+    _require_browser()
+    silence = tmp_path / "silence.wav"
+    silence.write_bytes(marker_wav([]))  # the fake microphone needs a file; the page never starts it
+    over = {"server.data_dir": str(tmp_path), **FAST}
+    async with (
+        engine("marker") as eport,
+        gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **over)) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        ids = []
+        for ks in ([61, 62], [63]):
+            st = await open_stream(http, gw.port)
+            assert st.ws._response is not None
+            ids.append(st.ws._response.headers["dg-request-id"])
+            await st.send(words_audio(ks))
+            await st.close_stream()
+            await complete(http, gw.port, ids[-1])
+        async with browser_page(silence) as page:
+            await page.goto(f"http://127.0.0.1:{gw.port}/")
+            await until(page, "document.querySelectorAll('#transcripts li').length === 2", 10)
+            items = await page.evaluate(
+                "[...document.querySelectorAll('#transcripts li')].map(li => [li.dataset.id, li.textContent])"
+            )
+            assert [i[0] for i in items] == ids[::-1]
+            assert items[0][1].endswith("w63") and items[1][1].endswith("w61 w62") and "v1" in items[0][1]
+            st = await open_stream(http, gw.port)
+            await st.send(words_audio([64]))
+            await st.close_stream()
+            await complete(http, gw.port, st.ws._response.headers["dg-request-id"])  # type: ignore[union-attr]
+            await page.click("#refresh-transcripts")
+            await until(page, "document.querySelectorAll('#transcripts li').length === 3", 10)
+            assert (await page.inner_text("#transcripts li:first-child")).endswith("w64")
+            assert not page.errors, page.errors

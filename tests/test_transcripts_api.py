@@ -7,6 +7,7 @@ file jobs by job id, ``storage.url = "off"``, and a PostgreSQL outage in the mid
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 import websockets
 from deepgram import AsyncDeepgramClient
 from deepgram.types.listen_v1response import ListenV1Response
@@ -22,9 +24,18 @@ from streamproxy.jobs.routes import start_jobs
 from streamproxy.storage.setup import SQLITE_FILE
 from tests.helpers.clients import open_stream, words_audio
 from tests.helpers.gateway import engine, gateway, gateway_config, metric, sdk_env, to_dict
-from tests.helpers.jobs import marker_wav, redis_server, unique_prefix, words_of
+from tests.helpers.jobs import (
+    marker_wav,
+    queue_sections,
+    redis_server,
+    start_worker,
+    unique_prefix,
+    words_of,
+    write_config,
+)
 from tests.helpers.marker import final_words, marker_audio, spaced_words
 from tests.helpers.pg import PG_HOST, PG_PORT, pg_schema, pg_url
+from tests.helpers.serve_proc import serve_proc
 from tests.helpers.tcpcut import TcpCut
 
 SR = 16000
@@ -340,3 +351,75 @@ async def test_page_lists_recent_transcripts(tmp_path: Path) -> None:
             await until(page, "document.querySelectorAll('#transcripts li').length === 3", 10)
             assert (await page.inner_text("#transcripts li:first-child")).endswith("w64")
             assert not page.errors, page.errors
+
+
+async def test_killed_gateway_keeps_every_flushed_final(tmp_path: Path) -> None:
+    """SIGKILL of ``serve`` in the middle of a session: every final written before (the writer
+    flushes every flush_interval_s) is in the SQLite file; the next start answers it, status open."""
+    prefix = unique_prefix()
+    async with engine("marker") as eport:
+        # No child processes of serve's own (engine, embedded Redis) that its SIGKILL would orphan.
+        env = {
+            "STREAMPROXY_STORAGE_FLUSH_INTERVAL_S": "0.05",
+            "STREAMPROXY_UPSTREAM_U0_URL": f"ws://127.0.0.1:{eport}",
+            "STREAMPROXY_QUEUE_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "STREAMPROXY_QUEUE_PREFIX": prefix,
+        }
+        try:
+            await _killed_mid_session(tmp_path, env)
+        finally:
+            r = aioredis.from_url("redis://127.0.0.1:6379/0")
+            keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await r.delete(*keys)
+            await r.aclose()
+
+
+async def _killed_mid_session(tmp_path: Path, env: dict[str, str]) -> None:
+    with serve_proc(tmp_path, env=env) as sp:
+        async with aiohttp.ClientSession() as http:
+            st = await open_stream(http, sp.port)
+            assert st.ws._response is not None
+            rid = st.ws._response.headers["dg-request-id"]
+            await st.send(words_audio([71, 72, 73]))  # each word followed by 350 ms of silence: all final
+            deadline = time.monotonic() + 15
+            while len(st.words) < 3:
+                assert time.monotonic() < deadline, st.words
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)  # ten flush intervals
+            delivered = final_words(st.msgs)
+            sp.signal(signal.SIGKILL)
+            assert sp.wait(10) == -signal.SIGKILL
+    with serve_proc(tmp_path, env=env) as sp:
+        async with aiohttp.ClientSession() as http:
+            status, body = await fetch(http, sp.port, f"/v1/transcripts/{rid}")
+    assert status == 200 and body["stored"]["status"] == "open" and body["stored"]["ended"] is None
+    assert stored_words(body) == delivered
+
+
+async def test_worker_process_stores_results_in_shared_postgres(tmp_path: Path) -> None:
+    """``streamproxy worker`` as its own process writes job results to the PostgreSQL the gateway
+    reads: the transcript of an async job is answered by the gateway under the job id."""
+    async with redis_server(tmp_path / "redis") as rs, engine("marker") as eport, pg_schema() as schema:
+        prefix = unique_prefix()
+        url = pg_url(schema)
+        sections = queue_sections(rs.url, prefix, f"ws://127.0.0.1:{eport}")
+        sections["storage"] = {"url": url, "flush_interval_s": 0.05}
+        worker = await start_worker(write_config(tmp_path / "worker.toml", sections))
+        try:
+            over = {"queue.redis_url": rs.url, "queue.prefix": prefix, "queue.serve_worker": False,
+                    "server.data_dir": str(tmp_path / "data"), "storage.url": url, **FAST}  # fmt: skip
+            async with (
+                gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **over)) as gw,
+                aiohttp.ClientSession() as http,
+            ):
+                async with http.post(
+                    f"http://127.0.0.1:{gw.port}/v1/transcribe?mode=async", data=marker_wav([8, 9])
+                ) as r:
+                    assert r.status == 202, await r.text()
+                    job_id = (await r.json())["job_id"]
+                body = await complete(http, gw.port, job_id)
+                assert words_of(body) == ["w8", "w9"] and body["stored"]["source"] == "async"
+                assert metric(gw, "streamproxy_storage_records_written_total") == 0  # the worker wrote it
+        finally:
+            await worker.stop()

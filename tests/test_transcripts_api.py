@@ -423,3 +423,21 @@ async def test_worker_process_stores_results_in_shared_postgres(tmp_path: Path) 
                 assert metric(gw, "streamproxy_storage_records_written_total") == 0  # the worker wrote it
         finally:
             await worker.stop()
+
+
+async def test_twilio_call_stored_under_its_stream_sid(tmp_path: Path) -> None:
+    """A Twilio Media Stream is a Live session: its transcript is kept under the streamSid, with
+    the exact words and times (from the media timestamps) the subscribers got."""
+    from tests.test_twilio import STREAM_SID, _marker_ulaw, send_call, twilio_events
+
+    ulaw, expected = _marker_ulaw()
+    over = {"server.data_dir": str(tmp_path), **FAST}
+    async with (
+        engine("marker") as eport,
+        gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **over)) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        assert await send_call(gw.port, twilio_events(ulaw)) == 1000
+        body = await complete(http, gw.port, STREAM_SID)
+    assert body["stored"]["source"] == "twilio"
+    assert stored_words(body) == expected

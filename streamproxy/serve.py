@@ -86,13 +86,13 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     gw = Gateway(cfg, pool, auth=auth, limiter=Limiter(cfg), tracer=tracer)
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
     gw.transcripts = writer_from_config(cfg, gw.metrics.registry)  # [storage]; None when "off"
-    if gw.transcripts is not None:
-        await gw.transcripts.start()  # migrations and the retention purge; an outage is retried
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=4096, reuse_address=True)
     await site.start()
+    if gw.transcripts is not None:  # once listening: nothing to stop if the port was taken
+        await gw.transcripts.start()  # migrations and the retention purge; an outage is retried
     port = cfg.server.port
     sockets = getattr(site._server, "sockets", None)
     if sockets:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from streamproxy.config import ConfigError, load_config
+from streamproxy.config import ConfigError, load_config, redact
 from streamproxy.storage.metrics import StorageMetrics
 from streamproxy.storage.migrations import LATEST
 from streamproxy.storage.postgres import PostgresStore
@@ -159,12 +159,17 @@ async def test_retention_purges_old_transcripts_at_start(tmp_path: Path) -> None
 
     keep_all = TranscriptWriter(SqliteStore(path), retention_days=0)  # 0: kept forever
     await keep_all.start()
+    await asyncio.sleep(0.3)  # time for a purge, were there one
     assert {s.id for s in await keep_all.store.list("", 10, None)} == {"old", "new"}
     await keep_all.close()
 
     w = TranscriptWriter(SqliteStore(path), retention_days=30)
-    await w.start()  # purges at start (then hourly)
+    await w.start()  # purges right after start, in the background (then hourly)
     try:
+        deadline = time.monotonic() + 10
+        while len(await w.store.list("", 10, None)) > 1:
+            assert time.monotonic() < deadline, "not purged"
+            await asyncio.sleep(0.02)
         assert [s.id for s in await w.store.list("", 10, None)] == ["new"]
         assert await w.store.get("old") is None
         assert isinstance(w.store, SqliteStore)
@@ -324,6 +329,8 @@ def test_bad_storage_config_fails_naming_the_key(env: dict[str, str], needle: st
 def test_storage_urls_accepted(tmp_path: Path) -> None:
     for url in ("", "off", "postgresql://u:pw@db.example:5432/t", "postgres:///t?host=/run/postgresql"):
         assert load_config(None, env={"STREAMPROXY_STORAGE_URL": url}).storage.url == url
+    shown = redact(load_config(None, env={"STREAMPROXY_STORAGE_URL": "postgresql://u:s3cret@db/t"}))
+    assert shown["storage"]["url"] == "postgresql://u:***@db/t"  # the password never reaches a log line
     cfg = load_config(None, env={}, overrides={"server.data_dir": str(tmp_path)})
     store = store_from_config(cfg)
     assert isinstance(store, SqliteStore) and store.path == tmp_path / SQLITE_FILE

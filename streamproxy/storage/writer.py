@@ -35,6 +35,7 @@ BATCH_MAX = 500  # records per transaction
 PREVIEW_CHARS = 200  # the start of the text, kept in the row for listings
 PURGE_INTERVAL_S = 3600.0
 OPEN_TIMEOUT_S = 10.0
+START_WAIT_S = 3.0  # how long ``start`` waits for the store before going on without it
 WRITE_TIMEOUT_S = 30.0
 RETRY_FIRST_S = 0.25
 RETRY_CAP_S = 5.0
@@ -215,10 +216,11 @@ class TranscriptWriter:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Open the store (migrations, retention purge) and start writing. A store that cannot be
-        opened now is logged and retried in the background: the gateway starts anyway."""
+        """Open the store (migrations) and start writing; the retention purge runs first thing in the
+        background (then hourly). A store that cannot be opened within ``START_WAIT_S`` is logged and
+        retried in the background: the gateway starts anyway."""
         try:
-            await self._open_store()
+            await asyncio.wait_for(self._open_store(), START_WAIT_S)
         except Exception as e:
             self._failed("open", e)
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -262,7 +264,6 @@ class TranscriptWriter:
         log.info(
             "transcript store ready", extra={"event": "storage_ready", "dialect": self.store.dialect, "schema": version}
         )
-        await self._purge()
 
     async def _run(self) -> None:
         attempt = 0

@@ -341,3 +341,28 @@ def test_serve_refuses_a_bad_storage_url_at_start(tmp_path: Path) -> None:
     r = cli(tmp_path, "serve", env={"STREAMPROXY_STORAGE_URL": "mysql://db/x"})
     assert r.returncode != 0
     assert "storage.url" in r.stderr + r.stdout and "mysql://db/x" in r.stderr + r.stdout
+
+
+def test_deepgram_shape_per_channel_and_for_jobs() -> None:
+    """One alternative per audio channel (a declared channel without words is there, empty); a
+    job's result is answered as it was, under its id."""
+    from deepgram.types.listen_v1response import ListenV1Response
+
+    from streamproxy.storage.records import Stored, Summary
+    from streamproxy.storage.shape import response
+
+    summary = Summary("t", "", "stream", "v1", "complete", 1_700_000_000.0, 1_700_000_010.0, 4.0, "ok", "")
+    segs = [seg("t", 1, 0.0), Segment("t", 1, 0.5, 1.0, "w2", 0.5, [{"word": "w2", "start": 0.5, "end": 0.7}])]
+    body = response(Stored(summary, {"channels": "3", "model": "nova-3"}, {}, None, segs))
+    ListenV1Response.model_validate(body)
+    chans = body["results"]["channels"]
+    assert body["metadata"]["channels"] == 3 and len(chans) == 3
+    assert [[w["word"] for w in c["alternatives"][0]["words"]] for c in chans] == [["w1"], ["w2"], []]
+    assert chans[1]["alternatives"][0]["confidence"] == 0.0  # the word carried none
+    assert body["metadata"]["created"] == "2023-11-14T22:13:20.000Z" and body["metadata"]["duration"] == 4.0
+
+    job = Summary("j", "", "job", "async", "complete", 1_700_000_000.0, 1_700_000_001.0, 2.0, "completed", "")
+    result = {"metadata": {"request_id": "upstream-id", "duration": 2.0}, "results": {"channels": []}}
+    out = response(Stored(job, {}, {}, result, []))
+    assert out["metadata"] == {"request_id": "j", "duration": 2.0} and out["results"] == {"channels": []}
+    assert out["stored"]["kind"] == "job"

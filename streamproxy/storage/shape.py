@@ -10,7 +10,7 @@ from ..deepgram.messages import prerecorded_response
 from ..deepgram.types import Result, Word
 from .records import Segment, Stored, Summary
 
-__all__ = ["iso", "listing", "response"]
+__all__ = ["iso", "listing", "response", "stored_info"]
 
 DEFAULT_MODEL = "streamproxy"
 
@@ -65,7 +65,8 @@ def response(t: Stored) -> dict[str, Any]:
             out["metadata"] = {**meta, "request_id": s.id}
         out["stored"] = stored_info(s)
         return out
-    channels = max((seg.channel for seg in t.segments), default=0) + 1
+    declared = t.params.get("channels")  # a channel without a word still has its (empty) entry
+    channels = max(max((seg.channel for seg in t.segments), default=0) + 1, _int(declared, 1))
     per_channel = [[_result(seg) for seg in t.segments if seg.channel == c] for c in range(channels)]
     model = t.params.get("model")
     model_name = model if isinstance(model, str) and model else DEFAULT_MODEL
@@ -86,6 +87,13 @@ def response(t: Stored) -> dict[str, Any]:
         ]
     out["stored"] = stored_info(s)
     return out
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return max(1, min(16, int(v)))
+    except (TypeError, ValueError):
+        return default
 
 
 def listing(s: Summary) -> dict[str, Any]:

@@ -22,7 +22,12 @@ def pg_url(schema: str, *, port: int = PG_PORT) -> str:
 async def pg_schema() -> AsyncIterator[str]:
     """A schema with a random name, dropped (with everything in it) afterwards."""
     name = "sp_test_" + uuid.uuid4().hex[:12]
-    con = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=PG_DB)
+    try:
+        con = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=PG_DB, timeout=10)
+    except (OSError, asyncpg.PostgresError) as e:  # fail loudly, never skip
+        raise AssertionError(
+            f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} (user postgres, trust auth, database {PG_DB}): {e}"
+        ) from e
     try:
         await con.execute(f'CREATE SCHEMA "{name}"')
         yield name

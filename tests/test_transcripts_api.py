@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ async def test_live_session_stored_in_sqlite_and_fetched_exactly(tmp_path: Path)
             assert status == 404 and "no-such-id" in err["err_msg"]
         assert metric(gw, "streamproxy_storage_records_written_total") >= 5  # begin, 4 finals, end
         assert metric(gw, "streamproxy_storage_records_dropped_total") == 0
-    assert (tmp_path / "data" / SQLITE_FILE).is_file()
+    db = tmp_path / "data" / SQLITE_FILE
+    assert db.is_file() and stat.S_IMODE(db.stat().st_mode) == 0o600  # only the service reads them
 
 
 async def test_flux_turns_stored_by_connected_request_id(tmp_path: Path) -> None:
@@ -441,3 +443,32 @@ async def test_twilio_call_stored_under_its_stream_sid(tmp_path: Path) -> None:
         body = await complete(http, gw.port, STREAM_SID)
     assert body["stored"]["source"] == "twilio"
     assert stored_words(body) == expected
+
+
+async def test_delete_while_the_session_runs_is_not_undone(tmp_path: Path) -> None:
+    """DELETE of a session's transcript while it still streams: what it delivers afterwards (more
+    finals, its end) does not bring the transcript back."""
+    over = {"server.data_dir": str(tmp_path), **FAST}
+    async with (
+        engine("marker") as eport,
+        gateway(gateway_config([f"ws://127.0.0.1:{eport}"], **over)) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        st = await open_stream(http, gw.port)
+        assert st.ws._response is not None
+        rid = st.ws._response.headers["dg-request-id"]
+        await st.send(words_audio([81]))
+        while len(st.words) < 1:
+            await asyncio.sleep(0.02)
+        assert gw.gateway.transcripts is not None and await gw.gateway.transcripts.flushed()
+        status, body = await fetch(http, gw.port, f"/v1/transcripts/{rid}")
+        assert status == 200 and body["stored"]["status"] == "open" and words_of(body) == ["w81"]
+        assert (await fetch(http, gw.port, f"/v1/transcripts/{rid}", method="DELETE"))[0] == 200
+        await st.send(words_audio([82, 83]))
+        await st.close_stream()
+        assert st.words == ["w81", "w82", "w83"]  # the session itself goes on as before
+        await asyncio.sleep(0.3)  # several flush intervals
+        assert await gw.gateway.transcripts.flushed()
+        assert (await fetch(http, gw.port, f"/v1/transcripts/{rid}"))[0] == 404
+        status, page = await fetch(http, gw.port, "/v1/transcripts")
+        assert rid not in [t["request_id"] for t in page["transcripts"]]

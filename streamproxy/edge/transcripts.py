@@ -115,11 +115,13 @@ async def get_transcript(request: web.Request) -> web.Response:
 
 async def delete_transcript(request: web.Request) -> web.Response:
     try:
-        _, store, owner = _store(request)
+        gw, store, owner = _store(request)
         tid = _transcript_id(request)
         s = await _call("delete", store.summary(tid))
         if not _visible(s, owner):
             return deepgram_error(404, f"unknown transcript id {tid!r}", request_id=tid)
+        assert gw.transcripts is not None
+        gw.transcripts.forget(tid)  # a session still running here writes nothing more of it
         await _call("delete", store.delete(tid))
     except _Answer as a:
         return a.response

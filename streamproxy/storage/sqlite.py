@@ -7,6 +7,7 @@ transaction instead of failing at once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class SqliteStore:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Transcripts are the users' words: only the service reads them (SQLite gives the -wal
+            # and -shm files the database file's mode).
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             db = await aiosqlite.connect(self.path, isolation_level=None)  # explicit BEGIN/COMMIT
         except (OSError, aiosqlite.Error) as e:
             raise StoreError(f"cannot open {self.path}: {e}") from e

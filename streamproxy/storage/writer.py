@@ -117,6 +117,7 @@ class TranscriptWriter:
         self._pending: deque[Record] = deque()
         self._inflight: list[Record] = []  # the batch being written (kept across retries)
         self._open: dict[str, _Open] = {}
+        self._deleted: set[str] = set()  # running sessions whose transcript was deleted
         self._wake = asyncio.Event()  # records to write (or closing)
         self._stop = asyncio.Event()  # closing: cut the pauses short
         self._closing = False
@@ -158,6 +159,8 @@ class TranscriptWriter:
 
     def final(self, transcript_id: str, msg: dict[str, Any]) -> None:
         """A final the session delivered (or holds for a resuming client)."""
+        if transcript_id in self._deleted:
+            return
         try:
             seg = segment_of_message(transcript_id, msg)
         except Exception:
@@ -174,6 +177,9 @@ class TranscriptWriter:
         self, transcript_id: str, *, owner: str, source: str, query: str, outcome: str, summary: dict[str, Any]
     ) -> None:
         """The session ended: its metadata (duration, parameters, owner, outcome, the session summary)."""
+        if transcript_id in self._deleted:
+            self._deleted.discard(transcript_id)
+            return
         try:
             o = self._open.pop(transcript_id, None)
             now = self.clock()
@@ -186,6 +192,15 @@ class TranscriptWriter:
             )  # fmt: skip
         except Exception:
             log.exception("transcript record not built", extra={"event": "storage_record_error"})
+
+    def forget(self, transcript_id: str) -> None:
+        """``DELETE /v1/transcripts/{id}``: drop what is waiting for this transcript and, if its
+        session is still running here, what it delivers from now on (a deletion is not undone)."""
+        if transcript_id in self._open:
+            del self._open[transcript_id]
+            self._deleted.add(transcript_id)
+        if any(r.id == transcript_id for r in self._pending):
+            self._pending = deque(r for r in self._pending if r.id != transcript_id)
 
     def job_result(
         self,

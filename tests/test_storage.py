@@ -158,9 +158,19 @@ async def test_retention_purges_old_transcripts_at_start(tmp_path: Path) -> None
     await store.close()
 
     keep_all = TranscriptWriter(SqliteStore(path), retention_days=0)  # 0: kept forever
+    waits = 0
+    real_wait = keep_all._wait
+
+    async def counted(event: asyncio.Event, timeout: float | None) -> None:
+        nonlocal waits
+        waits += 1
+        await real_wait(event, timeout)
+
+    keep_all._wait = counted  # type: ignore[method-assign]
     await keep_all.start()
     await asyncio.sleep(0.3)  # time for a purge, were there one
     assert {s.id for s in await keep_all.store.list("", 10, None)} == {"old", "new"}
+    assert waits <= 1, f"an idle writer woke {waits} times in 0.3 s"  # it sleeps until a record comes
     await keep_all.close()
 
     w = TranscriptWriter(SqliteStore(path), retention_days=30)

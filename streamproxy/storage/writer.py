@@ -294,7 +294,8 @@ class TranscriptWriter:
                         if self._closing:
                             return
                         self._wake.clear()
-                        await self._wait(self._wake, max(0.01, self._next_purge - time.monotonic()))
+                        purge_in = max(0.01, self._next_purge - time.monotonic()) if self.retention_days > 0 else None
+                        await self._wait(self._wake, purge_in)  # idle until a record (or the next purge)
                         continue
                     if len(self._pending) < BATCH_MAX and not self._closing:
                         self._wake.clear()  # gather a batch: set again when it is full

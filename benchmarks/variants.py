@@ -12,6 +12,7 @@ Variants:
 * ``gc``: fewer cyclic-GC passes: ``gc.freeze()`` after imports and a gen-0 threshold of 50 000.
 * ``nohotmetrics``: the per-frame/per-message overhead histogram and buffered gauge become no-ops
   (what metrics cost on the hot path).
+* ``nostorage``: ``[storage] url = "off"`` (what storing every session's finals costs).
 """
 
 from __future__ import annotations
@@ -56,7 +57,18 @@ def nohotmetrics() -> None:
     metrics.Metrics.__init__ = patched  # type: ignore[method-assign]
 
 
-VARIANTS: dict[str, Callable[[], None]] = {"fastmask": fastmask, "gc": gc_tune, "nohotmetrics": nohotmetrics}
+def nostorage() -> None:
+    import os
+
+    os.environ["STREAMPROXY_STORAGE_URL"] = "off"  # what storing every final costs the gateway
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "fastmask": fastmask,
+    "gc": gc_tune,
+    "nohotmetrics": nohotmetrics,
+    "nostorage": nostorage,
+}
 
 
 def main(argv: list[str]) -> int:

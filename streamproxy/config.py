@@ -30,6 +30,7 @@ __all__ = [
     "ReconnectConfig",
     "ServerConfig",
     "SessionConfig",
+    "StorageConfig",
     "TracingConfig",
     "UpstreamConfig",
     "load_config",
@@ -167,6 +168,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = ""  # "" = SQLite in the data dir; postgresql://...; "off" = nothing stored
+    retention_days: float = 30.0  # older transcripts are purged (at start and hourly); 0 = kept forever
+    max_backlog: int = 100_000  # records waiting for the store; past it new ones are dropped (counted)
+    flush_interval_s: float = 1.0  # a batch is written at least this often (what a crash can lose)
+
+
+@dataclass(frozen=True, slots=True)
 class TracingConfig:
     otlp_endpoint: str = ""  # "" = no tracing; e.g. http://127.0.0.1:4318 (OTLP over HTTP)
 
@@ -188,6 +197,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -201,6 +211,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "limits": LimitsConfig,
     "metrics": MetricsConfig,
+    "storage": StorageConfig,
     "tracing": TracingConfig,
     "log": LogConfig,
 }
@@ -274,6 +285,22 @@ def _is_redis_url(v: str) -> bool:
     return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
 
 
+def _is_storage_url(v: str) -> bool:
+    if v in ("", "off"):
+        return True
+    try:
+        parts = urlsplit(v)
+    except ValueError:
+        return False
+    if parts.scheme in ("postgresql", "postgres"):
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            return False
+        return bool(parts.hostname) or "host=" in parts.query
+    return False
+
+
 _SPECS: dict[str, _Spec] = {
     "server.host": _non_empty(),
     "server.port": _int_range(0, 65535),
@@ -308,6 +335,10 @@ _SPECS: dict[str, _Spec] = {
     "tracing.otlp_endpoint": _Spec(
         '"" or an http:// or https:// URL', lambda v: v == "" or v.startswith(("http://", "https://"))
     ),
+    "storage.url": _Spec('"" (SQLite in the data dir), "off" or a postgresql://host/database URL', _is_storage_url),
+    "storage.retention_days": _non_negative(),
+    "storage.max_backlog": _int_range(1),
+    "storage.flush_interval_s": _positive(),
     "queue.redis_url": _Spec('"" or a redis://, rediss:// or unix:// URL', _is_redis_url),
     "queue.prefix": _non_empty(),
     "queue.concurrency": _int_range(1, 10000),

@@ -25,6 +25,7 @@ from .jobs.routes import start_jobs
 from .loop import run as run_loop
 from .metrics import Metrics
 from .redisconn import check_server
+from .storage.setup import writer_from_config
 from .tracing import Tracer, tracer_from_config
 from .upstream.metrics import register_upstream_metrics
 from .upstream.setup import upstreams_from_config
@@ -70,6 +71,8 @@ class Running:
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.gateway.close()
+        if self.gateway.transcripts is not None:  # last: the sessions and jobs above ended into it
+            await self.gateway.transcripts.close()
         if self.owns_tracer:
             self.gateway.tracer.shutdown()  # flushes the spans still batched
         if self.supervisor is not None:
@@ -96,11 +99,14 @@ async def start(cfg: Config, *, client_keys: tuple[str, ...] = (), tracer: Trace
     if gw.shared is not None:
         gw.shared.start()
     register_upstream_metrics(gw.metrics.registry, pool)  # breaker state, read at scrape time
+    gw.transcripts = writer_from_config(cfg, gw.metrics.registry)  # [storage]; None when "off"
     # Sessions are closed by drain() before cleanup; don't let a straggler hold the stop for 60 s.
     runner = web.AppRunner(build_app(gw), handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=4096, reuse_address=True)
     await site.start()
+    if gw.transcripts is not None:  # once listening: nothing to stop if the port was taken
+        await gw.transcripts.start()  # migrations and the retention purge; an outage is retried
     port = cfg.server.port
     sockets = getattr(site._server, "sockets", None)
     if sockets:

@@ -11,6 +11,7 @@ from .health import add_health_routes
 from .listen import listen_v2_ws, listen_ws
 from .middleware import PUBLIC_PATHS, edge_middleware
 from .page import add_page_routes
+from .transcripts import add_transcript_routes
 from .twilio.routes import add_twilio_routes
 
 
@@ -27,5 +28,6 @@ def build_app(gw: Gateway) -> web.Application:
     add_health_routes(app, metrics=gw.cfg.metrics.enabled)
     add_page_routes(app)
     add_twilio_routes(app)
+    add_transcript_routes(app)  # stored transcripts: GET/DELETE /v1/transcripts
     add_job_routes(app, gw)  # files and jobs: POST /v1/listen, /v1/transcribe, /v1/jobs
     return app

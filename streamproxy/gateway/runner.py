@@ -30,6 +30,7 @@ from ..session.core import (
     Count,
     Counter,
     DropUpstream,
+    Final,
     Latency,
     Observe,
     SaveCheckpoint,
@@ -108,6 +109,7 @@ class SessionRunner:
         self.query = upstream_query
         self.metrics = metrics
         self.on_done = on_done
+        self.on_final: Callable[[dict[str, Any]], None] | None = None  # each final, for the transcript store
         self.loop = asyncio.get_running_loop()
         self.up: UpstreamSocket | None = None
         self.upstream: Upstream | None = None
@@ -145,6 +147,9 @@ class SessionRunner:
                     self.metrics.latency_by_kind[a.kind.value].observe(a.seconds)
             elif type(a) is Count:
                 self._count(a)
+            elif type(a) is Final:
+                if self.on_final is not None:
+                    self.on_final(a.msg)
             elif type(a) is Connect:
                 self._start_upstream(a)
             elif type(a) is DropUpstream:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ..metrics import Metrics
 from ..session.checkpoint import Checkpoint
 from ..session.core import Session, SessionSettings
 from ..session.flux import FluxSession
+from ..storage.writer import TranscriptWriter
 from ..tracing import Tracer
 from ..upstream.connection import FLUX_PATH, LISTEN_PATH, client_session
 from ..upstream.pool import UpstreamPool
@@ -44,6 +46,7 @@ class Gateway:
     draining: bool = False
     tracer: Tracer = field(default_factory=Tracer)
     shared: SharedSessions | None = None  # resumable sessions in the shared Redis (any instance resumes)
+    transcripts: TranscriptWriter | None = None  # stored transcripts ([storage]); None = off
     _http: aiohttp.ClientSession | None = None
     _recovery: Recovery | None = None
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
@@ -141,6 +144,9 @@ class Gateway:
             runner.checkpoint_gate_s = GATE_S
             if takeover is None:
                 shared.opened(sid, owner=owner, protocol=runner.protocol, query=query)
+        if self.transcripts is not None:
+            self.transcripts.begin(sid, owner=owner, source=runner.protocol, query=upstream_query)
+            runner.on_final = functools.partial(self.transcripts.final, sid)
         self.sessions.add(runner)
         self.metrics.sessions_active.labels(runner.protocol, self.metrics.region).inc()
         runner.apply(first)  # a takeover: "resumed", then the finals the client missed
@@ -185,6 +191,11 @@ class Gateway:
             "session end",
             extra={"event": "session_end", "outcome": outcome, "region": self.metrics.region, **summary},
         )
+        if self.transcripts is not None and outcome != "moved":  # a moved session ends where it went
+            self.transcripts.end(
+                core.session_id, owner=runner.owner, source=runner.protocol, query=runner.query, outcome=outcome,
+                summary=summary,
+            )  # fmt: skip
         self.tracer.end(runner.span, error=core.stats.fatal, attributes={"outcome": outcome, **summary})
         lease = runner.lease
         if lease is not None and not lease.released:

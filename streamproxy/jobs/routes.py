@@ -80,7 +80,10 @@ class JobsService:
             if start_worker and self.worker is None:
                 # Counts into the gateway's registry: one /metrics for the gateway and its worker.
                 metrics = WorkerMetrics(self.gw.metrics.registry)
-                self.worker = JobWorker(self.cfg, self.redis_url, self.gw.pool, metrics=metrics, tracer=self.gw.tracer)
+                self.worker = JobWorker(
+                    self.cfg, self.redis_url, self.gw.pool, metrics=metrics, tracer=self.gw.tracer,
+                    transcripts=self.gw.transcripts,
+                )  # fmt: skip
                 await self.worker.start()
             return self.jq
 
@@ -287,7 +290,7 @@ async def _submit(request: web.Request, *, route: str) -> web.Response:
             )  # fmt: skip
             return _queued(gw, route, job_id, callback, duration)
         if duration <= q.sync_max_seconds:
-            return await _sync_direct(gw, svc, audio, params, info.content_type or ctype, rid)
+            return await _sync_direct(gw, svc, audio, params, info.content_type or ctype, rid, owner)
         return await _sync_queued(gw, jq, audio, params, duration, owner)
     except _Refused as exc:
         return deepgram_error(exc.status, str(exc), request_id=rid)
@@ -311,7 +314,7 @@ def _queued(gw: Gateway, route: str, job_id: str, callback: str | None, duration
 
 
 async def _sync_direct(
-    gw: Gateway, svc: JobsService, audio: bytes, params: Params, ctype: str, rid: str
+    gw: Gateway, svc: JobsService, audio: bytes, params: Params, ctype: str, rid: str, owner: str
 ) -> web.Response:
     started = time.monotonic()
     try:
@@ -329,6 +332,10 @@ async def _sync_direct(
         return deepgram_error(503, str(exc), request_id=rid)
     gw.metrics.jobs.labels("sync", "completed").inc()
     gw.metrics.job_duration.labels("sync").observe(time.monotonic() - started)
+    if gw.transcripts is not None:  # under the id the client sees in dg-request-id
+        meta = result.get("metadata") if isinstance(result, dict) else None
+        seen = str(meta.get("request_id") or "") if isinstance(meta, dict) else ""
+        gw.transcripts.job_result(seen or rid, owner=owner, source="sync", params=dict(params), result=result)
     return _result(result, mode="sync")
 
 

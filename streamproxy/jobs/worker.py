@@ -36,6 +36,8 @@ from ..loop import run
 from ..outbound.fetch import FetchError, TooLarge, UrlPolicy, UrlRefused, fetch, safe_session
 from ..outbound.webhooks import deliver, new_secret
 from ..redisconn import bullmq_connection, check_server
+from ..storage.setup import writer_from_config
+from ..storage.writer import TranscriptWriter
 from ..tracing import Tracer, tracer_from_config
 from ..upstream.metrics import register_upstream_metrics
 from ..upstream.pool import UpstreamPool
@@ -82,8 +84,10 @@ class JobWorker:
         name: str = "",
         metrics: WorkerMetrics | None = None,
         tracer: Tracer | None = None,
+        transcripts: TranscriptWriter | None = None,
     ) -> None:
         self.cfg = cfg
+        self.transcripts = transcripts  # each completed job's result is stored under its id
         self.tracer = tracer or Tracer()
         self.q = cfg.queue
         self.redis_url = redis_url
@@ -235,6 +239,11 @@ class JobWorker:
                 if done:
                     result: dict[str, Any] = work.result()
                     self._finished(job, mode, "completed", started)
+                    if self.transcripts is not None:
+                        self.transcripts.job_result(
+                            job_id, owner=str(data.get("owner") or ""), source=mode, params=data.get("params") or {},
+                            result=result, created_at=(job.timestamp or 0) / 1000 or None,
+                        )  # fmt: skip
                     return result
                 now = time.monotonic()
                 if now - last_poll >= _CANCEL_POLL_S:
@@ -449,7 +458,10 @@ async def worker_main(
     metrics = WorkerMetrics()
     register_upstream_metrics(metrics.registry, pool)
     tracer = tracer_from_config(cfg.tracing.otlp_endpoint, "streamproxy-worker")
-    jw = JobWorker(cfg, url, pool, concurrency=concurrency, metrics=metrics, tracer=tracer)
+    transcripts = writer_from_config(cfg, metrics.registry)
+    if transcripts is not None:
+        await transcripts.start()
+    jw = JobWorker(cfg, url, pool, concurrency=concurrency, metrics=metrics, tracer=tracer, transcripts=transcripts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -467,6 +479,8 @@ async def worker_main(
         log.info("worker stopping", extra={"event": "worker_stopping"})
     finally:
         await jw.close(cfg.session.drain_timeout_s)
+        if transcripts is not None:
+            await transcripts.close()
         tracer.shutdown()
         if http is not None:
             await http.cleanup()

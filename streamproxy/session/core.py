@@ -129,7 +129,15 @@ class Count:
     label: str = ""
 
 
-Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count | SaveCheckpoint
+@dataclass(slots=True)
+class Final:
+    """A final result on the client's timeline (a Live final with words, a Flux ``EndOfTurn``), also
+    while the client is away: what a transcript store keeps. ``msg`` is the message as delivered."""
+
+    msg: dict[str, Any]
+
+
+Action = SendUpstream | SendClient | Connect | DropUpstream | CloseClient | Observe | Count | SaveCheckpoint | Final
 
 
 class Phase(enum.Enum):
@@ -321,6 +329,7 @@ class Session:
             created="",
         )
         meta["duration"] = round(self.fmt.bytes_to_seconds(self.client_pos), 6)
+        meta["request_id"] = self.session_id  # the client's id (dg-request-id), whichever upstream(s) served it
         self._deliver(meta)
 
     def _on_new_connection(self, now: float) -> None:
@@ -816,6 +825,8 @@ class Session:
                 self.stats.first_word_latency = latency
                 self._actions.append(Observe(Latency.FIRST_WORD, latency))
         self.stats.results += 1
+        if is_final and nwords:
+            self._actions.append(Final(msg))
         if self.s.proxy_events:
             lat_ms = None if latency is None else round(latency * 1000, 3)
             self._emit_seq(msg, final_before=before if is_final else None, latency_ms=lat_ms)

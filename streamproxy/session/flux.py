@@ -24,7 +24,7 @@ from ..deepgram.flux import error_message as flux_error
 from ..deepgram.flux import warning_message
 from ..deepgram.messages import CLOSE_STREAM
 from ..deepgram.validate import flux_problem
-from .core import Count, Counter, Latency, Observe, SendUpstream, Session
+from .core import Count, Counter, Final, Latency, Observe, SendUpstream, Session
 
 FORCE_END_TURN = '{"type":"ForceEndTurn"}'
 
@@ -158,7 +158,7 @@ class FluxSession(Session):
 
     def _emit_turn(
         self, msg: dict[str, Any], turn: int, start: int, end: int, *, final_before: int | None = None, **proxy: Any
-    ) -> None:
+    ) -> dict[str, Any]:
         sr = self._sr
         self._turn_high = max(self._turn_high, end)
         out = {**msg, "turn_index": turn, "audio_window_start": start / sr, "audio_window_end": end / sr}
@@ -174,6 +174,7 @@ class FluxSession(Session):
             self._emit_seq(out, final_before=final_before, **proxy)
         else:
             self._deliver(out)
+        return out
 
     def _end_turn(
         self, end: int, msg: dict[str, Any], now: float, *, deliver: bool, turn: int = 0, start: int = 0
@@ -198,7 +199,8 @@ class FluxSession(Session):
             self._actions.append(Count(Counter.TURN, 1, str(msg.get("trigger") or "")))
             lat = None if latency is None else round(latency * 1000, 3)
             proxy = {} if lat is None else {"latency_ms": lat}
-            self._emit_turn(msg, turn, start, end, final_before=before, **proxy)
+            out = self._emit_turn(msg, turn, start, end, final_before=before, **proxy)
+            self._actions.append(Final(out))
         self._up_turns_ended += 1
         self.turns_ended += deliver
         self._turn_open, self._eager, self._turn_high = False, False, -1

@@ -142,6 +142,41 @@
     }
   }
 
+  /** The caller's stored transcripts (GET /v1/transcripts), newest first: a small list under the figures. */
+  async function loadTranscripts() {
+    const note = $("transcripts-note");
+    try {
+      const key = $("key").value.trim();
+      const headers = key ? { Authorization: `Token ${key}` } : {};
+      const r = await fetch("/v1/transcripts?limit=10", { cache: "no-store", headers });
+      if (!r.ok) {
+        const j = await r.json().catch(() => ({}));
+        note.textContent = r.status === 401 ? "Enter your API key under Settings to see your transcripts." : j.err_msg || `HTTP ${r.status}`;
+        return;
+      }
+      const j = await r.json();
+      const ol = $("transcripts");
+      ol.replaceChildren(
+        ...j.transcripts.map((t) => {
+          const li = document.createElement("li");
+          li.dataset.id = t.request_id;
+          const when = new Date(t.created).toLocaleString();
+          const dur = t.duration == null ? "…" : `${t.duration.toFixed(1)} s`;
+          const head = document.createElement("span");
+          head.className = "small";
+          head.textContent = `${when} · ${t.source} · ${dur}${t.status === "open" ? " · open" : ""} `;
+          const text = document.createElement("span");
+          text.textContent = t.preview || "(no words)";
+          li.append(head, text);
+          return li;
+        }),
+      );
+      note.textContent = j.transcripts.length ? "" : "No stored transcripts yet.";
+    } catch (e) {
+      note.textContent = "Transcripts unavailable.";
+    }
+  }
+
   function showCounters() {
     $("session").textContent = st.sessionId || "–";
     $("seq").textContent = String(st.lastSeq);
@@ -503,6 +538,7 @@
     if (st.statsTimer) clearInterval(st.statsTimer);
     st.statsTimer = null;
     pollStats();
+    setTimeout(loadTranscripts, 1500); // the session's end is written by the gateway within a moment
     setState("idle");
     $("start").disabled = false;
     $("stop").disabled = true;
@@ -510,5 +546,7 @@
 
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
+  $("refresh-transcripts").addEventListener("click", loadTranscripts);
   pollStats();
+  loadTranscripts();
 })();

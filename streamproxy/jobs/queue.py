@@ -76,6 +76,18 @@ REJECTED_STATUS = "rejected_status"
 FINISHED = ("completed", "failed")
 
 
+#: BullMQ's getState: (key, command, state); the first key holding the job id names its state.
+_STATE_CHECKS = (
+    ("completed", "ZSCORE", "completed"),
+    ("failed", "ZSCORE", "failed"),
+    ("delayed", "ZSCORE", "delayed"),
+    ("prioritized", "ZSCORE", "prioritized"),
+    ("active", "LPOS", "active"),
+    ("wait", "LPOS", "waiting"),
+    ("paused", "LPOS", "waiting"),
+    ("waiting-children", "ZSCORE", "waiting-children"),
+)
+
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -108,6 +120,21 @@ def raw_client(url: str) -> aioredis.Redis:
         socket_connect_timeout=10,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def producer_client(url: str) -> aioredis.Redis:
+    """A pooled text client for a bullmq ``Queue`` (its ``connection`` option takes a ready client).
+
+    Given a URL or options, bullmq builds a single-connection client whose lock lets one command
+    of the whole process be in flight at a time: every submit and status read of the gateway
+    queued behind the others. Pooled, concurrent requests run their round trips side by side.
+    """
+    return aioredis.Redis(
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **bullmq_connection(url),
     )
 
 
@@ -184,14 +211,14 @@ class JobQueue:
     def __init__(self, url: str, q: QueueConfig) -> None:
         self.url = url
         self.cfg = q
-        opts: dict[str, Any] = {"connection": bullmq_connection(url), "prefix": q.prefix}
-        self.transcribe = Queue(TRANSCRIBE_QUEUE, opts)
-        self.webhooks = Queue(WEBHOOK_QUEUE, opts)
+        self.text = producer_client(url)  # the transcribe queue's client, also for status reads
+        self.transcribe = Queue(TRANSCRIBE_QUEUE, {"connection": self.text, "prefix": q.prefix})
+        self.webhooks = Queue(WEBHOOK_QUEUE, {"connection": producer_client(url), "prefix": q.prefix})
         self.raw = raw_client(url)  # bytes: audio blobs, markers
         self.keys = Keys(q.prefix)
 
     async def close(self) -> None:
-        for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose):
+        for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose, self.text.aclose):
             with contextlib.suppress(Exception):
                 await closer()
 
@@ -246,19 +273,39 @@ class JobQueue:
                 return None  # someone else's job: as if unknown
         return job
 
+    async def _read(self, job_id: str) -> tuple[str, dict[str, str], list[str], str | None]:
+        """State, job hash, logs and cancel marker of a job in one atomic round trip (MULTI).
+
+        The state checks are BullMQ's own ``getState`` (same keys, same order); read in one
+        transaction with the job, a job finishing in between cannot show "completed" without its
+        return value. Four round trips before (state script, job, logs, marker).
+        """
+        k = self.transcribe.keys
+        pipe = self.text.pipeline(transaction=True)
+        pipe.hgetall(k[""] + job_id)
+        for key, cmd, _ in _STATE_CHECKS:
+            if cmd == "ZSCORE":
+                pipe.zscore(k[key], job_id)
+            else:
+                pipe.lpos(k[key], job_id)
+        pipe.lrange(f"{k['']}{job_id}:logs", 0, -1)
+        pipe.get(self.keys.cancel(job_id))
+        raw, *hits, logs, marker = await pipe.execute()
+        found = (state for (_, _, state), hit in zip(_STATE_CHECKS, hits, strict=True) if hit is not None)
+        return next(found, "unknown"), raw, logs, marker
+
     async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
         """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
         if not is_job_id(job_id):
             return None
-        # State first, then the job: read the other way round, a job finishing in between would
-        # show "completed" with the return value it did not have yet when it was read.
-        state = await self.transcribe.getJobState(job_id)
-        job = await self._job(job_id, owner)
+        state, raw, logs, marker = await self._read(job_id)
+        job = Job.fromJSON(self.transcribe, raw, job_id) if raw else None
+        if job is not None and owner is not None:
+            data = job.data if isinstance(job.data, dict) else {}
+            if data.get("owner", "") not in ("", owner):
+                job = None  # someone else's job: as if unknown
         if job is None:
-            tomb = await self.raw.get(self.keys.cancel(job_id))
-            if tomb is not None:
-                return {"id": job_id, "state": _text(tomb)}
-            return None
+            return {"id": job_id, "state": marker} if marker is not None else None
         data = job.data if isinstance(job.data, dict) else {}
         out: dict[str, Any] = {
             "id": job_id,
@@ -282,11 +329,9 @@ class JobQueue:
                 out["error_status"] = data[REJECTED_STATUS]
             if job.failedReason == CANCELLED_REASON:
                 out["state"] = "cancelled"
-        elif state == "active" and await self.raw.exists(self.keys.cancel(job_id)):
+        elif state == "active" and marker is not None:
             out["state"] = "cancelling"
-        with contextlib.suppress(Exception):
-            logs = await self.transcribe.getJobLogs(job_id)
-            out["log"] = logs.get("logs", [])
+        out["log"] = logs
         return out
 
     async def cancel(self, job_id: str, *, owner: str | None = None, wait_s: float = 5.0) -> dict[str, Any] | None:

@@ -101,6 +101,8 @@ class JobWorker:
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}  # job id -> its transcription
         self._cancelled: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._dead_audio: list[str] = []  # audio keys of completed jobs, to unlink
+        self._unlinking: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,10 +167,11 @@ class JobWorker:
         if self.jq is not None:
             await self.jq.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return t
 
     def _on_stalled(self, job_id: str, *args: Any) -> None:
         self.metrics.stalled.inc()
@@ -180,8 +183,23 @@ class JobWorker:
 
     def _on_completed(self, job: Job, result: Any) -> None:
         self.processed += 1
-        if self.jq is not None and isinstance(job.data, dict) and job.data.get("audio_key"):
-            self._spawn(self.jq.raw.delete(job.data["audio_key"]))
+        if isinstance(job.data, dict) and job.data.get("audio_key"):
+            self._drop_audio(str(job.data["audio_key"]))
+
+    def _drop_audio(self, key: str) -> None:
+        """Delete a finished job's audio; keys of jobs finishing meanwhile go in one UNLINK.
+
+        Safe to defer: the job is already completed, and a key left behind by a crash expires.
+        """
+        self._dead_audio.append(key)
+        if self._unlinking is None or self._unlinking.done():
+            self._unlinking = self._spawn(self._unlink_audio())
+
+    async def _unlink_audio(self) -> None:
+        while self._dead_audio and self.jq is not None:
+            keys, self._dead_audio = self._dead_audio, []
+            with contextlib.suppress(Exception):
+                await self.jq.raw.unlink(*keys)
 
     # ------------------------------------------------------------------ transcription
 
@@ -201,17 +219,23 @@ class JobWorker:
         started = time.monotonic()
         cancel_key = self.jq.keys.cancel(job_id)
         data = job.data if isinstance(job.data, dict) else {}
-        # One round trip for the cancel marker and the stored audio (the common case).
+        # One round trip for the cancel marker, the stored audio (the common case) and the job's
+        # log line (what bullmq's Job.log does, RPUSH on BullMQ's logs key, without a trip of its own).
         pipe = self.jq.raw.pipeline(transaction=False)
         pipe.exists(cancel_key)
+        logs = f"{self.jq.transcribe.keys['']}{job_id}:logs"
+        pipe.rpush(logs, f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
+        keep = job.opts.get("keepLogs")
+        if isinstance(keep, int) and keep > 0:
+            pipe.ltrim(logs, -keep, -1)
         if data.get("audio_key"):
             pipe.get(str(data["audio_key"]))
-        marker, *audio = await pipe.execute()
+        marker, *rest = await pipe.execute()
+        audio = rest[-1:] if data.get("audio_key") else []
         if marker:
             exc = UnrecoverableError(CANCELLED_REASON)
             await self._after_failure(job, exc, mode, started)
             raise exc
-        await job.log(f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
         state: dict[str, Any] = {"stage": "loading", "since": time.monotonic(), "expected": 1.0}
         if audio:
             state["audio"] = audio[0]

@@ -24,7 +24,8 @@ Job schema (stable; any BullMQ producer - Python, Node, Bull Board - can enqueue
   at fault (an upstream's 4xx, not audio, a refused URL), ``data.rejected_status`` holds that 4xx.
 
 Callbacks are jobs of their own (queue ``webhooks``, job name ``webhook``, job id ``<job id>:cb``
-so a re-run job cannot enqueue a second delivery).
+so a re-run job cannot enqueue a second delivery); with tracing on, their ``trace`` field holds the
+enqueuing job's W3C ``traceparent``.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ class JobWorker:
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}  # job id -> its transcription
         self._cancelled: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._spans: dict[str, Any] = {}  # job id -> its span, while tracing
         self._dead_audio: list[str] = []  # audio keys of completed jobs, to unlink
         self._unlinking: asyncio.Task[None] | None = None
 
@@ -204,12 +205,21 @@ class JobWorker:
     # ------------------------------------------------------------------ transcription
 
     async def _traced_process(self, job: Job, token: str) -> dict[str, Any]:
-        with self.tracer.span("job", job_id=str(job.id), mode=job_mode(job.data), attempt=job.attemptsMade + 1):
+        if not self.tracer.enabled:
             return await self._process(job, token)
+        job_id = str(job.id)
+        with self.tracer.span("job", job_id=job_id, mode=job_mode(job.data), attempt=job.attemptsMade + 1) as span:
+            self._spans[job_id] = span  # the parent of its upstream request and of its callback
+            try:
+                return await self._process(job, token)
+            finally:
+                self._spans.pop(job_id, None)
 
     async def _traced_webhook(self, job: Job, token: str) -> dict[str, Any]:
         d = job.data if isinstance(job.data, dict) else {}
-        with self.tracer.span("webhook", job_id=str(d.get("request_id", job.id)), event=str(d.get("event", ""))):
+        parent = self.tracer.remote_parent(d.get("trace"))
+        rid = str(d.get("request_id", job.id))
+        with self.tracer.span("webhook", parent, job_id=rid, event=str(d.get("event", ""))):
             return await self._webhook(job, token)
 
     async def _process(self, job: Job, token: str) -> dict[str, Any]:
@@ -388,6 +398,7 @@ class JobWorker:
             await job.updateProgress(20)
         state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, expected))
         started = time.monotonic()
+        span = self.tracer.start("upstream.prerecorded", self._spans.get(str(job.id)), bytes=len(audio))
         try:
             result = await recognize(
                 self.http,
@@ -398,7 +409,12 @@ class JobWorker:
                 timeout_s=self.q.transcribe_timeout_s,
             )
         except UpstreamRejected as exc:
+            self.tracer.end(span, error=str(exc), attributes={"status": exc.status})
             await self._refuse(job, exc.status, str(exc))
+        except BaseException as exc:
+            self.tracer.end(span, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.tracer.end(span, attributes={"audio_s": round(info.duration_s, 3)})
         took = max(time.monotonic() - started, 1e-3)
         self.speed = 0.8 * self.speed + 0.2 * max(info.duration_s / took, 0.1)
         meta = result.get("metadata")
@@ -421,6 +437,9 @@ class JobWorker:
             "request_id": str(job.id),
             "body": orjson.dumps(payload).decode(),
         }
+        trace = self.tracer.carrier(self._spans.get(str(job.id)))
+        if trace:
+            hook["trace"] = trace  # its delivery's span is a child of this job's
         opts = {
             "jobId": f"{job.id}-cb",
             "attempts": self.q.callback_attempts,

@@ -41,6 +41,7 @@ from ..upstream.pool import UpstreamPool
 from ..upstream.prerecorded import UpstreamRejected, recognize
 from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
+from .bullworker import FetchNextWorker
 from .metrics import WorkerMetrics, job_mode, serve_metrics
 from .queue import (
     CANCELLED_REASON,
@@ -128,7 +129,8 @@ class JobWorker:
             "name": self.name,
         }
         self._listener = asyncio.create_task(self._listen_cancels())
-        w = Worker(TRANSCRIBE_QUEUE, self._traced_process, {**base, "concurrency": self.concurrency})
+        # Completing a job fetches the next one: one round trip per job on a busy queue.
+        w = FetchNextWorker(TRANSCRIBE_QUEUE, self._traced_process, {**base, "concurrency": self.concurrency})
         w.on("completed", self._on_completed)
         w.on("stalled", self._on_stalled)
         w.on("error", lambda err, *a: log.warning("worker error: %s", err, extra={"event": "worker_error"}))

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from bullmq import Job, Queue
+from bullmq import Job, Queue, QueueEvents
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -206,8 +206,78 @@ def _ms(v: Any) -> float | None:
     return round(int(v) / 1000, 3) if v else None
 
 
+class _Finishes:
+    """Wakes whoever awaits a job when BullMQ's event stream says a job finished.
+
+    One ``QueueEvents`` (a blocking XREAD on its own connection) per process, running only while
+    someone waits. A wake-up only prompts a state read, so an event missed (before the XREAD
+    started, across a Redis restart) costs no more than the waiter's fallback poll.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._events: QueueEvents | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(ev)
+        if self._events is None:
+            # From a second back, not "$" (what is new once its XREAD starts, a round trip or two
+            # later): a job finishing between the waiter's state read and that XREAD still wakes it.
+            since = f"{int(time.time() * 1000) - 1000}-0"
+            opts = {"connection": bullmq_connection(self.url), "prefix": self.prefix, "lastEventId": since}
+            events = QueueEvents(TRANSCRIBE_QUEUE, opts)
+            events.on("completed", self._wake)
+            events.on("failed", self._wake)
+            events.on("error", lambda err, *a: self._lost(events, err))
+            self._events = events
+        return ev
+
+    def unwatch(self, job_id: str, ev: asyncio.Event) -> None:
+        waiting = self._waiters.get(job_id)
+        if waiting is not None:
+            waiting.discard(ev)
+            if not waiting:
+                del self._waiters[job_id]
+        if not self._waiters and self._events is not None:
+            self._close(self._events)
+
+    def _wake(self, args: Any, *_: Any) -> None:
+        job_id = args.get("jobId") if isinstance(args, dict) else None
+        for ev in self._waiters.get(str(job_id), ()):
+            ev.set()
+
+    def _lost(self, events: QueueEvents, err: BaseException) -> None:
+        """Its XREAD failed (Redis gone): the waiters poll; the next watch starts a new one."""
+        log.info("job event stream lost: %s", err, extra={"event": "queue_events_lost"})
+        if self._events is events:
+            self._close(events)
+
+    def _close(self, events: QueueEvents) -> None:
+        if self._events is events:
+            self._events = None
+        t = asyncio.ensure_future(events.close())
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._close(self._events)
+        for t in list(self._closing):
+            with contextlib.suppress(Exception):
+                await t
+
+
 class JobQueue:
     """Producer side: used by the gateway (and the worker, to enqueue callbacks)."""
+
+    #: First and longest pause between state reads of an awaited job (doubling): its completion
+    #: event normally ends the wait first.
+    first_poll_s = 0.25
+    fallback_poll_s = 2.0
 
     def __init__(self, url: str, q: QueueConfig) -> None:
         self.url = url
@@ -217,8 +287,11 @@ class JobQueue:
         self.webhooks = Queue(WEBHOOK_QUEUE, {"connection": producer_client(url), "prefix": q.prefix})
         self.raw = raw_client(url)  # bytes: audio blobs, markers
         self.keys = Keys(q.prefix)
+        self.finishes = _Finishes(url, q.prefix)
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.finishes.close()
         for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose, self.text.aclose):
             with contextlib.suppress(Exception):
                 await closer()
@@ -393,16 +466,27 @@ class JobQueue:
         }
 
     async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
-        """Poll until the job is finished (or gone); the last status, or None if it vanished."""
+        """Until the job is finished (or gone): the last status, or None if it vanished.
+
+        Woken by the queue's completed/failed events (see ``_Finishes``), with a state read after
+        ``first_poll_s`` doubling to ``fallback_poll_s`` in case an event is missed; polling alone (20 ms
+        growing to 0.5 s before) answered up to half a second late and read the state each time.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        delay = 0.02
-        while True:
-            state = await self.transcribe.getJobState(job_id)
-            if state in FINISHED or state == "unknown" or loop.time() >= deadline:
-                return await self.status(job_id)
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        delay = self.first_poll_s
+        ev = self.finishes.watch(job_id)
+        try:
+            while True:
+                ev.clear()  # before the read: an event after it is kept
+                state = await self.transcribe.getJobState(job_id)
+                if state in FINISHED or state == "unknown" or loop.time() >= deadline:
+                    return await self.status(job_id)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), max(0.0, min(delay, deadline - loop.time())))
+                delay = min(delay * 2, self.fallback_poll_s)
+        finally:
+            self.finishes.unwatch(job_id, ev)
 
     async def depth(self) -> int:
         counts = await self.transcribe.getJobCounts("waiting", "delayed", "prioritized")

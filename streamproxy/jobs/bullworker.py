@@ -10,6 +10,7 @@ per job on a busy queue. Locks, stalled-job recovery and failure handling are bu
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -19,7 +20,25 @@ from bullmq.custom_errors import DelayedError, WaitingChildrenError
 __all__ = ["FetchNextWorker"]
 
 
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class FetchNextWorker(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The internals this relies on, as bullmq 3.x has them; anything else runs bullmq's own
+        # processJob (one fetch per job) rather than fail jobs on a changed signature.
+        lm, backend = getattr(self, "lockManager", None), getattr(self, "backend", None)
+        self.fetch_next = (
+            _accepts(getattr(lm, "track_job", None), "should_create_controller")
+            and _accepts(getattr(backend, "moveToCompleted", None), "fetch_next")
+            and callable(getattr(self, "nextJobFromJobData", None))
+        )
+
     async def processJob(self, job: Job, token: str) -> None:
         """Run ``job``, then each job its completion fetched, in this task (one concurrency slot).
 
@@ -27,8 +46,8 @@ class FetchNextWorker(Worker):
         the tasks running when they are called, so a job fetched meanwhile is finished here, not
         left locked in ``active`` until the stalled check.
         """
-        if not hasattr(self, "lockManager") or not hasattr(self, "backend"):
-            await super().processJob(job, token)  # another bullmq generation: its own loop
+        if not self.fetch_next:
+            await super().processJob(job, token)
             return
         following: Job | None = job
         while following is not None:

@@ -5,7 +5,8 @@ Runs inside ``streamproxy worker`` processes and, unless ``[queue] serve_worker 
 never on this event loop. Crash safety is BullMQ's: a job's lock is renewed while it runs; when a
 worker dies (SIGKILL, power loss) the lock expires after ``lock_duration_s`` and another worker's
 stalled-job check (every ``stalled_interval_s``) puts the job back in the queue, up to
-``max_stalled_count`` times, without counting it as a failed attempt.
+``max_stalled_count`` times, without counting it as a failed attempt. The transcribe queue's worker
+completes a job and fetches the next in one script (``bullworker.FetchNextWorker``).
 
 Cancelling a running job (``DELETE /v1/jobs/{id}``) sets a marker key and publishes the job id on
 the ``<prefix>:sp:cancel`` channel; the worker running it cancels its upstream request at once and

@@ -9,9 +9,17 @@ the overhead of the path itself (upload, Redis round trips, BullMQ scripts, poll
 Rows:
 - ``direct``: POST /v1/listen straight to the engine (no gateway);
 - ``sync``: POST /v1/listen through the gateway (audio under sync_max_seconds: no queue);
-- ``queued``: POST /v1/transcribe?mode=async, then GET /v1/jobs/{id} until every job completed.
+- ``queued``: POST /v1/transcribe?mode=async, then GET /v1/jobs/{id} until every job completed;
+- ``latency``: one short file at a time through the queue (no backlog): BullMQ's created ->
+  finished, and what the client sees (submit -> GET says completed, polling every 2 ms).
+
+The gateway runs on uvloop, as ``streamproxy serve`` does (``--loop asyncio``: asyncio's own loop).
+Each row also gives the CPU it cost per job (utime+stime of this process, i.e. client and gateway,
+of the engine, worker(s) and Redis) and how busy the whole machine was meanwhile: on a shared
+machine that CPU figure is the steadier one.
 
     python3 benchmarks/jobs.py --jobs 100 --workers 2 --concurrency 10
+    python3 benchmarks/jobs.py --code /path/to/old/checkout --out /tmp/old.json   # same harness, older code
 """
 
 from __future__ import annotations
@@ -29,15 +37,57 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamproxy.config import load_config
-from streamproxy.engine.supervisor import free_port
-from streamproxy.serve import start
-from tests.helpers.jobs import RedisServer, marker_wav, queue_sections, start_worker, write_config
+def _code_dir(argv: list[str]) -> Path:
+    """``--code DIR``: import streamproxy and the test helpers from DIR (an A/B of an older revision
+    under this harness); its subprocesses (engine, workers) import from there too."""
+    for i, a in enumerate(argv):
+        if a == "--code" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if a.startswith("--code="):
+            return Path(a.split("=", 1)[1]).resolve()
+    return Path(__file__).resolve().parents[1]
+
+
+CODE = _code_dir(sys.argv)
+sys.path.insert(0, str(CODE))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(CODE), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+from streamproxy.config import load_config  # noqa: E402
+from streamproxy.engine.supervisor import free_port  # noqa: E402
+from streamproxy.loop import run  # noqa: E402
+from streamproxy.serve import start  # noqa: E402
+from tests.helpers.jobs import RedisServer, marker_wav, queue_sections, start_worker, write_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Cpu:
+    """CPU seconds of the processes on the job path, and the machine's busy share, over a row."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs
+
+    def _sample(self) -> tuple[dict[str, float], float, float]:
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        return {k: sum(p.cpu_times()[:2]) for k, p in self.procs.items()}, busy, time.perf_counter()
+
+    def start(self) -> None:
+        self._t0 = self._sample()
+
+    def stop(self, jobs: int) -> dict[str, Any]:
+        (p0, b0, w0), (p1, b1, w1) = self._t0, self._sample()
+        wall = w1 - w0
+        per = {k: round(1e6 * (p1[k] - p0[k]) / jobs) for k in p0}
+        ours = sum(p1[k] - p0[k] for k in p0)
+        return {
+            "cpu_us_per_job": {**per, "total": round(1e6 * ours / jobs)},
+            "ours_cores": round(ours / wall, 2),
+            "machine_busy_cores": round((b1 - b0) / wall, 2),
+        }
 
 
 async def _engine(port: int) -> asyncio.subprocess.Process:
@@ -93,8 +143,10 @@ async def _queued_run(http: aiohttp.ClientSession, base: str, files: list[bytes]
     submitted = time.perf_counter() - t0
     pending = set(ids)
     lat: list[float] = []
+    gets = 0
     while pending:
         for j in list(pending):
+            gets += 1
             async with http.get(f"{base}/v1/jobs/{j}") as r:
                 st = await r.json()
             if st["state"] == "completed":
@@ -109,8 +161,39 @@ async def _queued_run(http: aiohttp.ClientSession, base: str, files: list[bytes]
         "jobs": len(files),
         "wall_s": wall,
         "submit_s": submitted,
+        "gets_per_job": gets / len(files),
         "jobs_per_s": len(files) / wall,
         "latency": _pct(lat),
+    }
+
+
+async def _latency_run(http: aiohttp.ClientSession, base: str, files: list[bytes]) -> dict[str, Any]:
+    """One job at a time: the queue's own latency for a short file, without a backlog."""
+    bull: list[float] = []
+    seen: list[float] = []
+    t0 = time.perf_counter()
+    for body in files:
+        t = time.perf_counter()
+        async with http.post(f"{base}/v1/transcribe?mode=async", data=body) as r:
+            assert r.status == 202, await r.text()
+            job = (await r.json())["job_id"]
+        while True:
+            async with http.get(f"{base}/v1/jobs/{job}") as r:
+                st = await r.json()
+            if st["state"] == "completed":
+                seen.append(time.perf_counter() - t)
+                bull.append(st["finished_at"] - st["created_at"])
+                break
+            if st["state"] == "failed":
+                raise RuntimeError(f"job {job} failed: {st.get('error')}")
+            await asyncio.sleep(0.002)
+    wall = time.perf_counter() - t0
+    return {
+        "jobs": len(files),
+        "wall_s": wall,
+        "jobs_per_s": len(files) / wall,
+        "latency": _pct(bull),
+        "client_latency": _pct(seen),
     }
 
 
@@ -161,11 +244,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         workers = [await start_worker(wcfg) for _ in range(args.workers)]
         base = f"http://127.0.0.1:{running.port}"
+        procs = {"client+gateway": psutil.Process(), "engine": psutil.Process(engine.pid)}
+        assert redis.proc is not None
+        procs["redis"] = psutil.Process(redis.proc.pid)
+        for i, w in enumerate(workers):
+            procs[f"worker{i}"] = psutil.Process(w.proc.pid)
+        cpu = Cpu(procs)
+        rows: dict[str, dict[str, Any]] = {}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
             await _sync_run(http, f"{base}/v1/listen", files[:5], 5)  # warm-up
-            direct = await _sync_run(http, f"http://127.0.0.1:{eport}/v1/listen", files, args.concurrency)
-            sync = await _sync_run(http, f"{base}/v1/listen", files, args.concurrency)
-            queued = await _queued_run(http, base, files, args.concurrency)
+            await _queued_run(http, base, files[:5], 5)
+            for name, row in (
+                ("direct", lambda: _sync_run(http, f"http://127.0.0.1:{eport}/v1/listen", files, args.concurrency)),
+                ("sync", lambda: _sync_run(http, f"{base}/v1/listen", files, args.concurrency)),
+                ("queued", lambda: _queued_run(http, base, files, args.concurrency)),
+                ("latency", lambda: _latency_run(http, base, files[: args.latency_jobs])),
+            ):
+                cpu.start()
+                rows[name] = await row()
+                rows[name].update(cpu.stop(rows[name]["jobs"]))
     finally:
         for w in workers:
             await w.stop()
@@ -175,26 +272,40 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await engine.wait()
         redis.stop()
     audio_s = args.seconds
+    sync, queued = rows["sync"], rows["queued"]
     out = {
         "benchmark": "jobs",
+        "code": str(CODE),
         "params": {**vars(args), "audio_s_per_file": audio_s, "cpus": os.cpu_count()},
-        "rows": {"direct": direct, "sync": sync, "queued": queued},
+        "rows": rows,
         "ratio_queued_vs_sync": queued["jobs_per_s"] / sync["jobs_per_s"],
-        "ratio_sync_vs_direct": sync["jobs_per_s"] / direct["jobs_per_s"],
+        "ratio_sync_vs_direct": sync["jobs_per_s"] / rows["direct"]["jobs_per_s"],
+        "ratio_cpu_queued_vs_sync": queued["cpu_us_per_job"]["total"] / sync["cpu_us_per_job"]["total"],
     }
     print(f"\n{args.jobs} files of {audio_s:g} s marker audio, client concurrency {args.concurrency}, "
-          f"{args.workers} worker process(es) x concurrency {args.concurrency}\n")  # fmt: skip
-    print(f"{'path':<8} {'jobs/s':>8} {'vs sync':>8} {'p50 ms':>8} {'p95 ms':>8} {'wall s':>7}")
-    for name, row in out["rows"].items():
+          f"{args.workers} worker process(es) x concurrency {args.concurrency}; code: {CODE}\n")  # fmt: skip
+    print(
+        f"{'path':<8} {'jobs/s':>8} {'vs sync':>8} {'p50 ms':>8} {'p95 ms':>8} {'wall s':>7} "
+        f"{'CPU us/job':>11} {'machine':>8}"
+    )
+    for name, row in rows.items():
         lat = row["latency"]
         print(
             f"{name:<8} {row['jobs_per_s']:8.1f} {row['jobs_per_s'] / sync['jobs_per_s']:8.2f} "
-            f"{lat.get('p50_ms', 0):8.1f} {lat.get('p95_ms', 0):8.1f} {row['wall_s']:7.2f}"
+            f"{lat.get('p50_ms', 0):8.1f} {lat.get('p95_ms', 0):8.1f} {row['wall_s']:7.2f} "
+            f"{row['cpu_us_per_job']['total']:11d} {row['machine_busy_cores']:7.2f}c"
         )
-    print("\nqueued latency = job created -> finished, as recorded by BullMQ (excludes polling).")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "jobs.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'jobs.json'}")
+    seen = rows["latency"]["client_latency"]
+    print(
+        "\nqueued/latency p50/p95 = job created -> finished, as recorded by BullMQ (excludes polling); "
+        f"latency as the client saw it (submit -> GET completed): p50 {seen['p50_ms']:.1f} ms, "
+        f"p95 {seen['p95_ms']:.1f} ms."
+        "\nCPU us/job: all processes on the path; machine: busy cores of the whole machine (others' work included)."
+    )
+    dest = Path(args.out) if args.out else RESULTS / "jobs.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2))
+    print(f"wrote {dest}")
     return out
 
 
@@ -204,4 +315,12 @@ if __name__ == "__main__":
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--concurrency", type=int, default=10, help="client and per-worker concurrency")
     p.add_argument("--seconds", type=float, default=3.0, help="audio per file (>= 1.4)")
-    asyncio.run(main(p.parse_args()))
+    p.add_argument("--latency-jobs", type=int, default=50, help="files of the one-at-a-time latency row")
+    p.add_argument("--code", help="checkout to import streamproxy from (default: this one)")
+    p.add_argument("--out", help="result file (default: benchmarks/results/jobs.json)")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="this process's event loop")
+    a = p.parse_args()
+    if a.loop == "asyncio":
+        asyncio.run(main(a))
+    else:
+        run(main(a))

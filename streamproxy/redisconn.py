@@ -31,6 +31,7 @@ __all__ = [
     "REDIS_ERRORS",
     "RedisClient",
     "answers",
+    "bullmq_client",
     "bullmq_connection",
     "check_server",
     "connect",
@@ -118,6 +119,24 @@ def bullmq_connection(url: str, cfg: Config | QueueConfig | None = None) -> dict
     kw["socket_timeout"] = None
     kw.setdefault("socket_connect_timeout", 10)
     return kw
+
+
+def bullmq_client(url: str, cfg: Config | QueueConfig | None = None) -> RedisClient:
+    """A pooled text client for a bullmq ``Queue`` (its ``connection`` option takes a ready client).
+
+    Given a URL or options, bullmq builds a single-connection client whose lock lets one command of
+    the whole process be in flight at a time: every submit and status read of the gateway queued
+    behind the others. Pooled, concurrent requests run their round trips side by side.
+    """
+    if cfg is not None and _queue(cfg).redis_cluster:
+        return connect(cfg, url=url, decode_responses=True, socket_timeout=None, retries=20)
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), 6)
+    return aioredis.Redis(
+        decode_responses=True,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **bullmq_connection(url),  # type: ignore[arg-type]
+    )
 
 
 async def answers(client: RedisClient, timeout: float = 1.0) -> bool:

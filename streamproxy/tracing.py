@@ -1,5 +1,6 @@
 """Optional OpenTelemetry traces (``[tracing] otlp_endpoint``): a span per session, upstream
-connection attempt, replay, job and webhook delivery.
+connection attempt, replay, job (with its upstream request) and webhook delivery (a child of the
+job that enqueued it, through the ``traceparent`` the webhook job carries).
 
 Off by default, at no cost: without an endpoint (or an explicit provider, as tests pass) every call
 here returns at once and nothing of OpenTelemetry is set up.
@@ -56,6 +57,28 @@ class Tracer:
             raise
         else:
             self.end(span)
+
+    def carrier(self, span: Any) -> dict[str, str]:
+        """``span``'s W3C trace context (``traceparent``) for work that continues elsewhere, e.g.
+        in another job; empty when tracing is off."""
+        if self._tracer is None or span is None:
+            return {}
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        out: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(out, context=trace.set_span_in_context(span))
+        return out
+
+    def remote_parent(self, carrier: Any) -> Any:
+        """The span a :meth:`carrier` names, usable as ``parent``; None when off or absent."""
+        if self._tracer is None or not isinstance(carrier, dict) or not carrier:
+            return None
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parent = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+        return parent if parent.get_span_context().is_valid else None
 
     def shutdown(self) -> None:
         if self.provider is not None and hasattr(self.provider, "shutdown"):

@@ -24,7 +24,8 @@ Job schema (stable; any BullMQ producer - Python, Node, Bull Board - can enqueue
   at fault (an upstream's 4xx, not audio, a refused URL), ``data.rejected_status`` holds that 4xx.
 
 Callbacks are jobs of their own (queue ``webhooks``, job name ``webhook``, job id ``<job id>:cb``
-so a re-run job cannot enqueue a second delivery).
+so a re-run job cannot enqueue a second delivery); with tracing on, their ``trace`` field holds the
+enqueuing job's W3C ``traceparent``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bullmq import Job, Queue
+from bullmq import Job, Queue, QueueEvents
 
 from ..config import Config, QueueConfig, resolve_data_dir
-from ..redisconn import bullmq_connection, connect, ping
+from ..redisconn import bullmq_client, bullmq_connection, connect, ping
 from .redis_embedded import EmbeddedRedis
 
 log = logging.getLogger("streamproxy.jobs")
@@ -70,6 +71,18 @@ CANCELLED_REASON = "cancelled by the client"
 REJECTED_STATUS = "rejected_status"
 FINISHED = ("completed", "failed")
 
+
+#: BullMQ's getState: (key, command, state); the first key holding the job id names its state.
+_STATE_CHECKS = (
+    ("completed", "ZSCORE", "completed"),
+    ("failed", "ZSCORE", "failed"),
+    ("delayed", "ZSCORE", "delayed"),
+    ("prioritized", "ZSCORE", "prioritized"),
+    ("active", "LPOS", "active"),
+    ("wait", "LPOS", "waiting"),
+    ("paused", "LPOS", "waiting"),
+    ("waiting-children", "ZSCORE", "waiting-children"),
+)
 
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -147,20 +160,95 @@ def _ms(v: Any) -> float | None:
     return round(int(v) / 1000, 3) if v else None
 
 
+class _Finishes:
+    """Wakes whoever awaits a job when BullMQ's event stream says a job finished.
+
+    One ``QueueEvents`` (a blocking XREAD on its own connection) per process, running only while
+    someone waits. A wake-up only prompts a state read, so an event missed (before the XREAD
+    started, across a Redis restart) costs no more than the waiter's fallback poll.
+    """
+
+    def __init__(self, url: str, q: QueueConfig) -> None:
+        self.url = url
+        self.q = q
+        self.prefix = q.prefix
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._events: QueueEvents | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(ev)
+        if self._events is None:
+            # From a second back, not "$" (what is new once its XREAD starts, a round trip or two
+            # later): a job finishing between the waiter's state read and that XREAD still wakes it.
+            since = f"{int(time.time() * 1000) - 1000}-0"
+            opts = {"connection": bullmq_connection(self.url, self.q), "prefix": self.prefix, "lastEventId": since}
+            events = QueueEvents(TRANSCRIBE_QUEUE, opts)
+            events.on("completed", self._wake)
+            events.on("failed", self._wake)
+            events.on("error", lambda err, *a: self._lost(events, err))
+            self._events = events
+        return ev
+
+    def unwatch(self, job_id: str, ev: asyncio.Event) -> None:
+        waiting = self._waiters.get(job_id)
+        if waiting is not None:
+            waiting.discard(ev)
+            if not waiting:
+                del self._waiters[job_id]
+        if not self._waiters and self._events is not None:
+            self._close(self._events)
+
+    def _wake(self, args: Any, *_: Any) -> None:
+        job_id = args.get("jobId") if isinstance(args, dict) else None
+        for ev in self._waiters.get(str(job_id), ()):
+            ev.set()
+
+    def _lost(self, events: QueueEvents, err: BaseException) -> None:
+        """Its XREAD failed (Redis gone): the waiters poll; the next watch starts a new one."""
+        log.info("job event stream lost: %s", err, extra={"event": "queue_events_lost"})
+        if self._events is events:
+            self._close(events)
+
+    def _close(self, events: QueueEvents) -> None:
+        if self._events is events:
+            self._events = None
+        t = asyncio.ensure_future(events.close())
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._events is not None:
+            self._close(self._events)
+        for t in list(self._closing):
+            with contextlib.suppress(Exception):
+                await t
+
+
 class JobQueue:
     """Producer side: used by the gateway (and the worker, to enqueue callbacks)."""
+
+    #: First and longest pause between state reads of an awaited job (doubling): its completion
+    #: event normally ends the wait first.
+    first_poll_s = 0.25
+    fallback_poll_s = 2.0
 
     def __init__(self, url: str, q: QueueConfig) -> None:
         self.url = url
         self.cfg = q
-        # One connection each: bullmq closes a client it was given with its Queue.
-        self.transcribe = Queue(TRANSCRIBE_QUEUE, {"connection": bullmq_connection(url, q), "prefix": q.prefix})
-        self.webhooks = Queue(WEBHOOK_QUEUE, {"connection": bullmq_connection(url, q), "prefix": q.prefix})
+        # Pooled text clients (a fresh one per Queue: bullmq closes the client it was given).
+        self.text = bullmq_client(url, q)  # the transcribe queue's client, also for status reads
+        self.transcribe = Queue(TRANSCRIBE_QUEUE, {"connection": self.text, "prefix": q.prefix})
+        self.webhooks = Queue(WEBHOOK_QUEUE, {"connection": bullmq_client(url, q), "prefix": q.prefix})
         self.raw = connect(q, url=url)  # bytes: audio blobs, markers; survives a Redis restart
         self.keys = Keys(q.prefix)
+        self.finishes = _Finishes(url, q)
 
     async def close(self) -> None:
-        for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose):
+        with contextlib.suppress(Exception):
+            await self.finishes.close()
+        for closer in (self.transcribe.close, self.webhooks.close, self.raw.aclose, self.text.aclose):
             with contextlib.suppress(Exception):
                 await closer()
 
@@ -215,19 +303,39 @@ class JobQueue:
                 return None  # someone else's job: as if unknown
         return job
 
+    async def _read(self, job_id: str) -> tuple[str, dict[str, str], list[str], str | None]:
+        """State, job hash, logs and cancel marker of a job in one atomic round trip (MULTI).
+
+        The state checks are BullMQ's own ``getState`` (same keys, same order); read in one
+        transaction with the job, a job finishing in between cannot show "completed" without its
+        return value. Four round trips before (state script, job, logs, marker).
+        """
+        k = self.transcribe.keys
+        pipe = self.text.pipeline(transaction=True)
+        pipe.hgetall(k[""] + job_id)
+        for key, cmd, _ in _STATE_CHECKS:
+            if cmd == "ZSCORE":
+                pipe.zscore(k[key], job_id)
+            else:
+                pipe.lpos(k[key], job_id)
+        pipe.lrange(f"{k['']}{job_id}:logs", 0, -1)
+        pipe.get(self.keys.cancel(job_id))
+        raw, *hits, logs, marker = await pipe.execute()
+        found = (state for (_, _, state), hit in zip(_STATE_CHECKS, hits, strict=True) if hit is not None)
+        return next(found, "unknown"), raw, logs, marker
+
     async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
         """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
         if not is_job_id(job_id):
             return None
-        # State first, then the job: read the other way round, a job finishing in between would
-        # show "completed" with the return value it did not have yet when it was read.
-        state = await self.transcribe.getJobState(job_id)
-        job = await self._job(job_id, owner)
+        state, raw, logs, marker = await self._read(job_id)
+        job = Job.fromJSON(self.transcribe, raw, job_id) if raw else None
+        if job is not None and owner is not None:
+            data = job.data if isinstance(job.data, dict) else {}
+            if data.get("owner", "") not in ("", owner):
+                job = None  # someone else's job: as if unknown
         if job is None:
-            tomb = await self.raw.get(self.keys.cancel(job_id))
-            if tomb is not None:
-                return {"id": job_id, "state": _text(tomb)}
-            return None
+            return {"id": job_id, "state": marker} if marker is not None else None
         data = job.data if isinstance(job.data, dict) else {}
         out: dict[str, Any] = {
             "id": job_id,
@@ -251,11 +359,9 @@ class JobQueue:
                 out["error_status"] = data[REJECTED_STATUS]
             if job.failedReason == CANCELLED_REASON:
                 out["state"] = "cancelled"
-        elif state == "active" and await self.raw.exists(self.keys.cancel(job_id)):
+        elif state == "active" and marker is not None:
             out["state"] = "cancelling"
-        with contextlib.suppress(Exception):
-            logs = await self.transcribe.getJobLogs(job_id)
-            out["log"] = logs.get("logs", [])
+        out["log"] = logs
         return out
 
     async def cancel(self, job_id: str, *, owner: str | None = None, wait_s: float = 5.0) -> dict[str, Any] | None:
@@ -316,16 +422,27 @@ class JobQueue:
         }
 
     async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
-        """Poll until the job is finished (or gone); the last status, or None if it vanished."""
+        """Until the job is finished (or gone): the last status, or None if it vanished.
+
+        Woken by the queue's completed/failed events (see ``_Finishes``), with a state read after
+        ``first_poll_s`` doubling to ``fallback_poll_s`` in case an event is missed; polling alone (20 ms
+        growing to 0.5 s before) answered up to half a second late and read the state each time.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        delay = 0.02
-        while True:
-            state = await self.transcribe.getJobState(job_id)
-            if state in FINISHED or state == "unknown" or loop.time() >= deadline:
-                return await self.status(job_id)
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        delay = self.first_poll_s
+        ev = self.finishes.watch(job_id)
+        try:
+            while True:
+                ev.clear()  # before the read: an event after it is kept
+                state = await self.transcribe.getJobState(job_id)
+                if state in FINISHED or state == "unknown" or loop.time() >= deadline:
+                    return await self.status(job_id)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), max(0.0, min(delay, deadline - loop.time())))
+                delay = min(delay * 2, self.fallback_poll_s)
+        finally:
+            self.finishes.unwatch(job_id, ev)
 
     async def depth(self) -> int:
         counts = await self.transcribe.getJobCounts("waiting", "delayed", "prioritized")

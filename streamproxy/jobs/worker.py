@@ -5,7 +5,8 @@ Runs inside ``streamproxy worker`` processes and, unless ``[queue] serve_worker 
 never on this event loop. Crash safety is BullMQ's: a job's lock is renewed while it runs; when a
 worker dies (SIGKILL, power loss) the lock expires after ``lock_duration_s`` and another worker's
 stalled-job check (every ``stalled_interval_s``) puts the job back in the queue, up to
-``max_stalled_count`` times, without counting it as a failed attempt.
+``max_stalled_count`` times, without counting it as a failed attempt. The transcribe queue's worker
+completes a job and fetches the next in one script (``bullworker.FetchNextWorker``).
 
 Cancelling a running job (``DELETE /v1/jobs/{id}``) sets a marker key and publishes the job id on
 the ``<prefix>:sp:cancel`` channel; the worker running it cancels its upstream request at once and
@@ -44,6 +45,7 @@ from ..upstream.pool import UpstreamPool
 from ..upstream.prerecorded import UpstreamRejected, recognize
 from ..upstream.setup import upstreams_from_config
 from .audio import BadAudio, probe
+from .bullworker import FetchNextWorker
 from .metrics import WorkerMetrics, job_mode, serve_metrics
 from .queue import (
     CANCELLED_REASON,
@@ -105,6 +107,9 @@ class JobWorker:
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}  # job id -> its transcription
         self._cancelled: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._spans: dict[str, Any] = {}  # job id -> its span, while tracing
+        self._dead_audio: list[str] = []  # audio keys of completed jobs, to unlink
+        self._unlinking: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,7 +134,8 @@ class JobWorker:
         }
         self._listener = asyncio.create_task(self._listen_cancels())
         conn = bullmq_connection  # a fresh client per Worker: each closes its own
-        w = Worker(
+        # Completing a job fetches the next one: one round trip per job on a busy queue.
+        w = FetchNextWorker(
             TRANSCRIBE_QUEUE,
             self._traced_process,
             {**base, "connection": conn(self.redis_url, self.q), "concurrency": self.concurrency},
@@ -177,10 +183,11 @@ class JobWorker:
         if self.jq is not None:
             await self.jq.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return t
 
     def _on_stalled(self, job_id: str, *args: Any) -> None:
         self.metrics.stalled.inc()
@@ -192,18 +199,42 @@ class JobWorker:
 
     def _on_completed(self, job: Job, result: Any) -> None:
         self.processed += 1
-        if self.jq is not None and isinstance(job.data, dict) and job.data.get("audio_key"):
-            self._spawn(self.jq.raw.delete(job.data["audio_key"]))
+        if isinstance(job.data, dict) and job.data.get("audio_key"):
+            self._drop_audio(str(job.data["audio_key"]))
+
+    def _drop_audio(self, key: str) -> None:
+        """Delete a finished job's audio; keys of jobs finishing meanwhile go in one UNLINK.
+
+        Safe to defer: the job is already completed, and a key left behind by a crash expires.
+        """
+        self._dead_audio.append(key)
+        if self._unlinking is None or self._unlinking.done():
+            self._unlinking = self._spawn(self._unlink_audio())
+
+    async def _unlink_audio(self) -> None:
+        while self._dead_audio and self.jq is not None:
+            keys, self._dead_audio = self._dead_audio, []
+            with contextlib.suppress(Exception):
+                await self.jq.raw.unlink(*keys)
 
     # ------------------------------------------------------------------ transcription
 
     async def _traced_process(self, job: Job, token: str) -> dict[str, Any]:
-        with self.tracer.span("job", job_id=str(job.id), mode=job_mode(job.data), attempt=job.attemptsMade + 1):
+        if not self.tracer.enabled:
             return await self._process(job, token)
+        job_id = str(job.id)
+        with self.tracer.span("job", job_id=job_id, mode=job_mode(job.data), attempt=job.attemptsMade + 1) as span:
+            self._spans[job_id] = span  # the parent of its upstream request and of its callback
+            try:
+                return await self._process(job, token)
+            finally:
+                self._spans.pop(job_id, None)
 
     async def _traced_webhook(self, job: Job, token: str) -> dict[str, Any]:
         d = job.data if isinstance(job.data, dict) else {}
-        with self.tracer.span("webhook", job_id=str(d.get("request_id", job.id)), event=str(d.get("event", ""))):
+        parent = self.tracer.remote_parent(d.get("trace"))
+        rid = str(d.get("request_id", job.id))
+        with self.tracer.span("webhook", parent, job_id=rid, event=str(d.get("event", ""))):
             return await self._webhook(job, token)
 
     async def _process(self, job: Job, token: str) -> dict[str, Any]:
@@ -213,17 +244,23 @@ class JobWorker:
         started = time.monotonic()
         cancel_key = self.jq.keys.cancel(job_id)
         data = job.data if isinstance(job.data, dict) else {}
-        # One round trip for the cancel marker and the stored audio (the common case).
+        # One round trip for the cancel marker, the stored audio (the common case) and the job's
+        # log line (what bullmq's Job.log does, RPUSH on BullMQ's logs key, without a trip of its own).
         pipe = self.jq.raw.pipeline(transaction=False)
         pipe.exists(cancel_key)
+        logs = f"{self.jq.transcribe.keys['']}{job_id}:logs"
+        pipe.rpush(logs, f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
+        keep = job.opts.get("keepLogs")
+        if isinstance(keep, int) and keep > 0:
+            pipe.ltrim(logs, -keep, -1)
         if data.get("audio_key"):
             pipe.get(str(data["audio_key"]))
-        marker, *audio = await pipe.execute()
+        marker, *rest = await pipe.execute()
+        audio = rest[-1:] if data.get("audio_key") else []
         if marker:
             exc = UnrecoverableError(CANCELLED_REASON)
             await self._after_failure(job, exc, mode, started)
             raise exc
-        await job.log(f"attempt {job.attemptsMade + 1} by worker {self.name} at {time.time():.3f}")
         state: dict[str, Any] = {"stage": "loading", "since": time.monotonic(), "expected": 1.0}
         if audio:
             state["audio"] = audio[0]
@@ -381,6 +418,7 @@ class JobWorker:
             await job.updateProgress(20)
         state.update(stage="recognizing", since=time.monotonic(), expected=max(0.5, expected))
         started = time.monotonic()
+        span = self.tracer.start("upstream.prerecorded", self._spans.get(str(job.id)), bytes=len(audio))
         try:
             result = await recognize(
                 self.http,
@@ -391,7 +429,12 @@ class JobWorker:
                 timeout_s=self.q.transcribe_timeout_s,
             )
         except UpstreamRejected as exc:
+            self.tracer.end(span, error=str(exc), attributes={"status": exc.status})
             await self._refuse(job, exc.status, str(exc))
+        except BaseException as exc:
+            self.tracer.end(span, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.tracer.end(span, attributes={"audio_s": round(info.duration_s, 3)})
         took = max(time.monotonic() - started, 1e-3)
         self.speed = 0.8 * self.speed + 0.2 * max(info.duration_s / took, 0.1)
         meta = result.get("metadata")
@@ -414,6 +457,9 @@ class JobWorker:
             "request_id": str(job.id),
             "body": orjson.dumps(payload).decode(),
         }
+        trace = self.tracer.carrier(self._spans.get(str(job.id)))
+        if trace:
+            hook["trace"] = trace  # its delivery's span is a child of this job's
         opts = {
             "jobId": f"{job.id}-cb",
             "attempts": self.q.callback_attempts,

@@ -29,7 +29,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +90,56 @@ class Cpu:
             "ours_cores": round(ours / wall, 2),
             "machine_busy_cores": round((b1 - b0) / wall, 2),
         }
+
+
+async def _commandstats(url: str, reset: bool) -> dict[str, dict[str, float]]:
+    """Redis's per-command counters (``INFO commandstats``); ``reset`` zeroes them first."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        if reset:
+            await client.config_resetstat()
+            return {}
+        info = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): {"calls": v["calls"], "usec": v["usec"]} for k, v in info.items()}
+
+
+def _per_job(stats: dict[str, dict[str, float]], jobs: int) -> dict[str, Any]:
+    """Commands per job and Redis CPU (usec) per job, by command, biggest first (INFO itself left out)."""
+    rows = {k: v for k, v in stats.items() if k not in ("info", "config|resetstat")}
+    by = sorted(rows.items(), key=lambda kv: -kv[1]["usec"])
+    return {
+        "calls_per_job": round(sum(v["calls"] for v in rows.values()) / jobs, 2),
+        "usec_per_job": round(sum(v["usec"] for v in rows.values()) / jobs, 1),
+        "by_command": {k: {"calls": round(v["calls"] / jobs, 2), "usec": round(v["usec"] / jobs, 1)} for k, v in by},
+    }
+
+
+class PySpy:
+    """``py-spy record`` (collapsed stacks) of the given processes while a row runs (``--pyspy DIR``)."""
+
+    def __init__(self, out: Path | None, procs: dict[str, int]) -> None:
+        self.out, self.procs, self.running = out, procs, []
+
+    def start(self, row: str) -> None:
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, pid in self.procs.items():
+            dest = self.out / f"{row}-{name}.txt"
+            cmd = ["py-spy", "record", "-r", "1000", "-f", "raw", "-o", str(dest), "-p", str(pid)]
+            self.running.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # py-spy attaches
+
+    def stop(self) -> None:
+        for p in self.running:
+            p.send_signal(signal.SIGINT)
+        for p in self.running:
+            p.wait(30)
+        self.running = []
 
 
 async def _engine(port: int) -> asyncio.subprocess.Process:
@@ -240,7 +292,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         running = await start(cfg)
         wcfg = write_config(
-            tmp / "w.toml", queue_sections(redis.url, prefix, f"ws://127.0.0.1:{eport}", concurrency=args.concurrency)
+            tmp / "w.toml",
+            queue_sections(
+                redis.url, prefix, f"ws://127.0.0.1:{eport}", concurrency=args.worker_concurrency or args.concurrency
+            ),
         )
         workers = [await start_worker(wcfg) for _ in range(args.workers)]
         base = f"http://127.0.0.1:{running.port}"
@@ -250,6 +305,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for i, w in enumerate(workers):
             procs[f"worker{i}"] = psutil.Process(w.proc.pid)
         cpu = Cpu(procs)
+        spy = PySpy(
+            Path(args.pyspy) if args.pyspy else None,
+            {"gateway": os.getpid(), **{f"worker{i}": w.proc.pid for i, w in enumerate(workers)}},
+        )
         rows: dict[str, dict[str, Any]] = {}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
             await _sync_run(http, f"{base}/v1/listen", files[:5], 5)  # warm-up
@@ -260,9 +319,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 ("queued", lambda: _queued_run(http, base, files, args.concurrency)),
                 ("latency", lambda: _latency_run(http, base, files[: args.latency_jobs])),
             ):
+                if name == "queued":
+                    spy.start(name)
+                await _commandstats(redis.url, reset=True)
                 cpu.start()
                 rows[name] = await row()
                 rows[name].update(cpu.stop(rows[name]["jobs"]))
+                rows[name]["redis"] = _per_job(await _commandstats(redis.url, reset=False), rows[name]["jobs"])
+                spy.stop()
     finally:
         for w in workers:
             await w.stop()
@@ -295,6 +359,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"{lat.get('p50_ms', 0):8.1f} {lat.get('p95_ms', 0):8.1f} {row['wall_s']:7.2f} "
             f"{row['cpu_us_per_job']['total']:11d} {row['machine_busy_cores']:7.2f}c"
         )
+    rq = rows["queued"]["redis"]
+    top = ", ".join(f"{k} {v['calls']:g}x {v['usec']:g}us" for k, v in list(rq["by_command"].items())[:8])
+    print(f"\nRedis per queued job: {rq['calls_per_job']:g} commands, {rq['usec_per_job']:g} us ({top})")
     seen = rows["latency"]["client_latency"]
     print(
         "\nqueued/latency p50/p95 = job created -> finished, as recorded by BullMQ (excludes polling); "
@@ -314,10 +381,12 @@ if __name__ == "__main__":
     p.add_argument("--jobs", type=int, default=60, help="files per row")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--concurrency", type=int, default=10, help="client and per-worker concurrency")
+    p.add_argument("--worker-concurrency", type=int, default=0, help="per-worker concurrency (default: --concurrency)")
     p.add_argument("--seconds", type=float, default=3.0, help="audio per file (>= 1.4)")
     p.add_argument("--latency-jobs", type=int, default=50, help="files of the one-at-a-time latency row")
     p.add_argument("--code", help="checkout to import streamproxy from (default: this one)")
     p.add_argument("--out", help="result file (default: benchmarks/results/jobs.json)")
+    p.add_argument("--pyspy", help="directory: py-spy the gateway and workers during the queued row")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="this process's event loop")
     a = p.parse_args()
     if a.loop == "asyncio":

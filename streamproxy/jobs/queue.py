@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from bullmq import Job, Queue, QueueEvents
 
 from ..config import Config, QueueConfig, resolve_data_dir
@@ -70,6 +71,8 @@ CANCELLED_REASON = "cancelled by the client"
 #: Job data field set by the worker when the job's input was refused (the HTTP status, a 4xx).
 REJECTED_STATUS = "rejected_status"
 FINISHED = ("completed", "failed")
+#: States of :meth:`JobQueue.status` in which a job may still finish (anything else ends a wait).
+_PENDING = frozenset({"waiting", "active", "delayed", "prioritized", "waiting-children", "cancelling"})
 
 
 #: BullMQ's getState: (key, command, state); the first key holding the job id names its state.
@@ -83,6 +86,27 @@ _STATE_CHECKS = (
     ("paused", "LPOS", "waiting"),
     ("waiting-children", "ZSCORE", "waiting-children"),
 )
+
+#: A job's state (BullMQ's getState: the checks above, in order, up to the first hit), hash, log
+#: and cancel marker, atomically. KEYS: job hash, the eight state keys, logs, marker; ARGV: job id,
+#: then per state key "Z" (ZSCORE) or "L" (LPOS) and its state name.
+_READ_JOB = """
+local state = 'unknown'
+for i = 2, 9 do
+  local hit
+  if ARGV[i] == 'Z' then
+    hit = redis.call('ZSCORE', KEYS[i], ARGV[1])
+  else
+    hit = redis.call('LPOS', KEYS[i], ARGV[1])
+  end
+  if hit then
+    state = ARGV[i + 8]
+    break
+  end
+end
+return {state, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[10], 0, -1), redis.call('GET', KEYS[11])}
+"""
+_READ_ARGS = [c[0] for _, c, _ in _STATE_CHECKS] + [state for _, _, state in _STATE_CHECKS]
 
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -154,6 +178,16 @@ class Keys:
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _json(text: str | None, default: Any) -> Any:
+    """A JSON field of a job hash (orjson: the status read parses data and result on every poll)."""
+    if text is None:
+        return default
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return default
 
 
 def _ms(v: Any) -> float | None:
@@ -244,6 +278,7 @@ class JobQueue:
         self.raw = connect(q, url=url)  # bytes: audio blobs, markers; survives a Redis restart
         self.keys = Keys(q.prefix)
         self.finishes = _Finishes(url, q)
+        self._read_script = self.text.register_script(_READ_JOB)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -304,60 +339,56 @@ class JobQueue:
         return job
 
     async def _read(self, job_id: str) -> tuple[str, dict[str, str], list[str], str | None]:
-        """State, job hash, logs and cancel marker of a job in one atomic round trip (MULTI).
+        """State, job hash, logs and cancel marker of a job in one atomic round trip (a script).
 
-        The state checks are BullMQ's own ``getState`` (same keys, same order); read in one
-        transaction with the job, a job finishing in between cannot show "completed" without its
-        return value. Four round trips before (state script, job, logs, marker).
+        The state checks are BullMQ's own ``getState`` (same keys, same order, the first hit wins);
+        read atomically with the job, a job finishing in between cannot show "completed" without
+        its return value. One script rather than a MULTI of all eleven reads: half the client CPU
+        (one reply to parse, not thirteen) and no LPOS over a long wait list for a finished job.
         """
         k = self.transcribe.keys
-        pipe = self.text.pipeline(transaction=True)
-        pipe.hgetall(k[""] + job_id)
-        for key, cmd, _ in _STATE_CHECKS:
-            if cmd == "ZSCORE":
-                pipe.zscore(k[key], job_id)
-            else:
-                pipe.lpos(k[key], job_id)
-        pipe.lrange(f"{k['']}{job_id}:logs", 0, -1)
-        pipe.get(self.keys.cancel(job_id))
-        raw, *hits, logs, marker = await pipe.execute()
-        found = (state for (_, _, state), hit in zip(_STATE_CHECKS, hits, strict=True) if hit is not None)
-        return next(found, "unknown"), raw, logs, marker
+        keys = [k[""] + job_id, *(k[key] for key, _, _ in _STATE_CHECKS), f"{k['']}{job_id}:logs"]
+        keys.append(self.keys.cancel(job_id))
+        state, flat, logs, marker = await self._read_script(keys=keys, args=[job_id, *_READ_ARGS])
+        return _text(state), dict(zip(flat[::2], flat[1::2], strict=True)), logs, marker
 
     async def status(self, job_id: str, *, owner: str | None = None, with_result: bool = True) -> dict[str, Any] | None:
         """The public view of a job (GET /v1/jobs/{id}); None when unknown (or not ``owner``'s)."""
         if not is_job_id(job_id):
             return None
         state, raw, logs, marker = await self._read(job_id)
-        job = Job.fromJSON(self.transcribe, raw, job_id) if raw else None
-        if job is not None and owner is not None:
-            data = job.data if isinstance(job.data, dict) else {}
-            if data.get("owner", "") not in ("", owner):
-                job = None  # someone else's job: as if unknown
-        if job is None:
+        data = _json(raw.get("data"), {}) if raw else None
+        if not isinstance(data, dict):
+            data = {} if raw else None
+        if data is not None and owner is not None and data.get("owner", "") not in ("", owner):
+            data = None  # someone else's job: as if unknown
+        if data is None:
             return {"id": job_id, "state": marker} if marker is not None else None
-        data = job.data if isinstance(job.data, dict) else {}
+        opts = _json(raw.get("opts"), {})
+        progress = _json(raw.get("progress"), 0)
+        failed_reason = raw.get("failedReason") or None
         out: dict[str, Any] = {
             "id": job_id,
             "state": state,
-            "progress": job.progress if isinstance(job.progress, int | float) else 0,
-            "attempts": job.attemptsMade,
-            "max_attempts": job.opts.get("attempts", 1),
+            "progress": progress if isinstance(progress, int | float) else 0,
+            "attempts": int(raw.get("attemptsMade") or raw.get("atm") or 0),
+            "max_attempts": opts.get("attempts", 1) if isinstance(opts, dict) else 1,
             "mode": data.get("mode"),
             "duration_s": data.get("duration_s"),
-            "created_at": _ms(job.timestamp),
-            "started_at": _ms(job.processedOn),
-            "finished_at": _ms(job.finishedOn),
+            "created_at": _ms(raw.get("timestamp")),
+            "started_at": _ms(raw.get("processedOn")),
+            "finished_at": _ms(raw.get("finishedOn")),
         }
         if state == "completed":
             out["progress"] = 100
             if with_result:
-                out["result"] = job.returnvalue
+                value = raw.get("returnvalue")
+                out["result"] = _json(value, value)  # as bullmq's Job: the text if it is not JSON
         elif state == "failed":
-            out["error"] = job.failedReason or "failed"
+            out["error"] = failed_reason or "failed"
             if isinstance(data.get(REJECTED_STATUS), int):
                 out["error_status"] = data[REJECTED_STATUS]
-            if job.failedReason == CANCELLED_REASON:
+            if failed_reason == CANCELLED_REASON:
                 out["state"] = "cancelled"
         elif state == "active" and marker is not None:
             out["state"] = "cancelling"
@@ -424,9 +455,10 @@ class JobQueue:
     async def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
         """Until the job is finished (or gone): the last status, or None if it vanished.
 
-        Woken by the queue's completed/failed events (see ``_Finishes``), with a state read after
+        Woken by the queue's completed/failed events (see ``_Finishes``), with a status read after
         ``first_poll_s`` doubling to ``fallback_poll_s`` in case an event is missed; polling alone (20 ms
         growing to 0.5 s before) answered up to half a second late and read the state each time.
+        Each read is the one-round-trip status, which also carries the result.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -435,9 +467,9 @@ class JobQueue:
         try:
             while True:
                 ev.clear()  # before the read: an event after it is kept
-                state = await self.transcribe.getJobState(job_id)
-                if state in FINISHED or state == "unknown" or loop.time() >= deadline:
-                    return await self.status(job_id)
+                st = await self.status(job_id)  # one round trip; with the result once finished
+                if st is None or st["state"] not in _PENDING or loop.time() >= deadline:
+                    return st
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), max(0.0, min(delay, deadline - loop.time())))
                 delay = min(delay * 2, self.fallback_poll_s)

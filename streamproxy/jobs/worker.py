@@ -62,6 +62,9 @@ log = logging.getLogger("streamproxy.jobs")
 __all__ = ["JobWorker", "node_client_name", "run_worker"]
 
 _CANCEL_POLL_S = 2.0  # fallback for a missed cancel notification (Redis reconnect)
+#: Finished jobs' audio keys are unlinked in the next job's first pipeline, or after this long
+#: when no job follows (an idle queue).
+_UNLINK_AFTER_S = 0.2
 
 
 def node_client_name(prefix: str, queue: str, worker_name: str) -> str:
@@ -203,15 +206,18 @@ class JobWorker:
             self._drop_audio(str(job.data["audio_key"]))
 
     def _drop_audio(self, key: str) -> None:
-        """Delete a finished job's audio; keys of jobs finishing meanwhile go in one UNLINK.
+        """Delete a finished job's audio without a round trip of its own.
 
-        Safe to defer: the job is already completed, and a key left behind by a crash expires.
+        The keys ride on the next job's first pipeline (see ``_process``); only on a queue that
+        went idle does a flush ``_UNLINK_AFTER_S`` later send them. Safe to defer: the job is
+        already completed, and a key left behind by a crash expires.
         """
         self._dead_audio.append(key)
         if self._unlinking is None or self._unlinking.done():
             self._unlinking = self._spawn(self._unlink_audio())
 
     async def _unlink_audio(self) -> None:
+        await asyncio.sleep(_UNLINK_AFTER_S)
         while self._dead_audio and self.jq is not None:
             keys, self._dead_audio = self._dead_audio, []
             with contextlib.suppress(Exception):
@@ -244,8 +250,9 @@ class JobWorker:
         started = time.monotonic()
         cancel_key = self.jq.keys.cancel(job_id)
         data = job.data if isinstance(job.data, dict) else {}
-        # One round trip for the cancel marker, the stored audio (the common case) and the job's
-        # log line (what bullmq's Job.log does, RPUSH on BullMQ's logs key, without a trip of its own).
+        # One round trip for the cancel marker, the stored audio (the common case), the job's log
+        # line (what bullmq's Job.log does, RPUSH on BullMQ's logs key, without a trip of its own)
+        # and the audio of jobs finished since the last one.
         pipe = self.jq.raw.pipeline(transaction=False)
         pipe.exists(cancel_key)
         logs = f"{self.jq.transcribe.keys['']}{job_id}:logs"
@@ -253,9 +260,16 @@ class JobWorker:
         keep = job.opts.get("keepLogs")
         if isinstance(keep, int) and keep > 0:
             pipe.ltrim(logs, -keep, -1)
+        dead, self._dead_audio = self._dead_audio, []
+        if dead:
+            pipe.unlink(*dead)
         if data.get("audio_key"):
             pipe.get(str(data["audio_key"]))
-        marker, *rest = await pipe.execute()
+        try:
+            marker, *rest = await pipe.execute()
+        except BaseException:
+            self._dead_audio.extend(dead)  # not unlinked: the next pipeline or flush tries again
+            raise
         audio = rest[-1:] if data.get("audio_key") else []
         if marker:
             exc = UnrecoverableError(CANCELLED_REASON)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from streamproxy.engine.whisper.batch import DecodedUtterance, DecodedWord, UtteranceDecoder, Window
-from streamproxy.engine.whisper.model import DEFAULT_PACKAGE, ModelSource, resolve_model
+from streamproxy.engine.whisper.model import DEFAULT_MODEL, DEFAULT_PACKAGE, ModelSource, resolve_model
 
 __all__ = [
     "SAMPLE_RATE",
@@ -58,6 +58,8 @@ class WhisperOptions:
 
     model_dir: str = ""
     model_package: str = DEFAULT_PACKAGE
+    model: str = DEFAULT_MODEL  # tiny.en | base (engine.model)
+    data_dir: str = ""  # where a split model package is put together ("" = not possible)
     interim_every_s: float = 0.0  # 0 = no interim results (each one is a full decode)
     max_concurrent_decodes: int = 2
     max_decode_wait_s: float = 5.0
@@ -334,7 +336,7 @@ def load_pool(opts: WhisperOptions, source: ModelSource | None = None) -> Decode
 
     Raises :class:`~streamproxy.engine.whisper.model.ModelNotFound` when no model is available.
     """
-    src = source or resolve_model(opts.model_dir, opts.model_package)
+    src = source or resolve_model(opts.model_dir, opts.model_package, model=opts.model, data_dir=opts.data_dir)
     key = (
         str(src.path),
         opts.max_concurrent_decodes,

@@ -9,12 +9,13 @@ finals, errors (1013 overloads), engine CPU seconds per stream-second (utime+sti
 and whether finals fall behind (p95 > ``--p95-limit`` s, an error, or a sentence without a final).
 
 Several source trees can be measured in the same run, alternating per level so load on a shared
-machine hits them alike (``--tree NAME=PATH``: the engine subprocess runs from that tree, e.g. a
-``git worktree add /tmp/cap-before <commit>`` of an older version)::
+machine hits them alike (``--tree NAME=PATH[,ENGINE FLAGS]``: the engine subprocess runs from that
+tree, e.g. a ``git worktree add /tmp/cap-before <commit>`` of an older version, with those extra
+``streamproxy engine`` flags)::
 
     python benchmarks/capacity.py                                   # this tree, N = 2,4,6,8
     python benchmarks/capacity.py --tree before=/tmp/cap-before --tree after=. --levels 2,4,6,8
-    python benchmarks/capacity.py --engine-args="--model=base"      # another model
+    python benchmarks/capacity.py --tree tiny.en=. --tree "base=.,--model=base"   # two models
 
 Writes benchmarks/results/capacity.json; prints a table per tree.
 """
@@ -128,18 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "capacity.json"))
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x]
-    trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree] or [("this", ROOT)]
     extra = shlex.split(args.engine_args)
+    trees: list[tuple[str, Path, list[str]]] = []
+    for t in args.tree or [f"this={ROOT}"]:
+        name, _, rest = t.partition("=")
+        path, _, flags = rest.partition(",")
+        trees.append((name, Path(path).resolve(), extra + shlex.split(flags)))
 
     with tempfile.TemporaryDirectory() as d:
         clips = speech_set(args.sentences, Path(d))
     print(f"speech: {len(clips)} espeak-ng sentences, {sum(c.seconds for c in clips):.1f} s per stream", flush=True)
     load_before = os.getloadavg()
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in trees}
     for n in levels:
         tracks = [build_track(clips, rotate=i % len(clips)) for i in range(n)]
-        for name, tree in trees:  # alternate trees per level: shared-machine load hits both alike
-            with engine_at(tree, extra) as (port, pid):
+        for name, tree, flags in trees:  # alternate trees per level: shared-machine load hits both alike
+            with engine_at(tree, flags) as (port, pid):
                 row = run_level(port, pid, tracks, args.p95_limit)
             rows[name].append(row)
             print(
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     load_after = os.getloadavg()
-    for name, _ in trees:
+    for name, _, _ in trees:
         print(f"\n{name}: | streams | final p50 / p95 / max | WER | engine CPU per stream-s | errors | keeps up |")
         print("|---|---|---|---|---|---|")
         for r in rows[name]:
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(r['errors'])} | {r['keeps_up']} |"
             )
     if len(trees) == 2:
-        (a, _), (b, _) = trees
+        (a, _, _), (b, _, _) = trees
         print(f"\nratios {b}/{a} per N (p95 latency, CPU per stream-s):")
         for ra, rb in zip(rows[a], rows[b], strict=True):
             pa, pb = ra["latency_p95_s"], rb["latency_p95_s"]
@@ -177,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "speech": {"sentences": len(clips), "source": "espeak-ng", "seconds_per_stream": len(tracks[0].pcm) / 2 / SR},
         "criterion": f"p95 <= {args.p95_limit} s, no error, no missing final",
-        "engine_args": extra,
-        "trees": {name: str(tree) for name, tree in trees},
+        "trees": {name: {"path": str(tree), "engine_args": flags} for name, tree, flags in trees},
         "rows": rows,
         "command": "python benchmarks/capacity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }

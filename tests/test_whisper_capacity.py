@@ -72,15 +72,17 @@ def words_of(u: DecodedUtterance) -> list[tuple[str, float, float]]:
 
 
 def test_batched_decoding_gives_the_same_words_as_unbatched(pool: DecodePool, utterances: list[np.ndarray]) -> None:
-    # Two copies of each sentence, so every window length present is batched at least in pairs.
-    items: list[tuple[np.ndarray, str | None]] = [(a, None) for a in utterances] * 2
+    # Two copies of each sentence without a prompt and with each of two previous-text prompts of
+    # different lengths: every batch key present holds at least two utterances.
+    prompts = (None, "Thank you for calling.", "We spoke about the new schedule for the second floor yesterday.")
+    items = [(a, p) for p in prompts for a in utterances] * 2
     before = pool.stats_dict()
     batched = pool.decode_together(items)
     after = pool.stats_dict()
     assert after["decodes"] - before["decodes"] == len(items)
     assert after["batches"] - before["batches"] <= len(items) // 2, "no batch held more than one utterance"
     single = [pool.decode_together([it])[0] for it in items]
-    for (text, _), b, s in zip(SENTENCES * 2, batched, single, strict=True):
+    for (text, _), b, s in zip(SENTENCES * 6, batched, single, strict=True):
         assert words_of(b) == words_of(s), (text, words_of(b), words_of(s))
         assert np.allclose([w.probability for w in b.words], [w.probability for w in s.words], atol=0.02)
         assert wer_of(text, " ".join(w.text for w in s.words)) <= WER_BOUND, (text, s.text)
@@ -91,17 +93,18 @@ def test_batched_decoding_gives_the_same_words_as_unbatched(pool: DecodePool, ut
 
 
 def test_concurrent_streams_share_decode_calls(utterances: list[np.ndarray]) -> None:
-    """Eight threads (streams) submit at once to a one-decoder pool: their utterances are decoded in
-    fewer model calls than utterances, and each caller gets the words of its own audio."""
+    """Eight threads (streams; half with a previous-text prompt) submit at once to a one-decoder
+    pool: their utterances are decoded in fewer model calls than utterances, and each caller gets
+    the words of its own audio and prompt."""
     pool = load_pool(WhisperOptions(max_concurrent_decodes=1, max_batch=8, max_decode_wait_s=60.0))
-    alone = [words_of(u) for u in pool.decode_together([(a, None) for a in utterances])]
+    alone = [words_of(u) for u in pool.decode_together([(a, p) for p in (None, "Hello.") for a in utterances])]
     before = pool.stats_dict()
     got: dict[int, list[tuple[str, float, float]]] = {}
     barrier = threading.Barrier(8)
 
     def stream(i: int) -> None:
         barrier.wait()
-        got[i] = [(w.text, w.start, w.end) for w in pool.decode(utterances[i % 4])]
+        got[i] = [(w.text, w.start, w.end) for w in pool.decode(utterances[i % 4], "Hello." if i >= 4 else None)]
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
     for t in threads:
@@ -111,7 +114,7 @@ def test_concurrent_streams_share_decode_calls(utterances: list[np.ndarray]) -> 
     after = pool.stats_dict()
     assert sorted(got) == list(range(8))
     for i, words in got.items():
-        assert words == alone[i % 4], (i, words, alone[i % 4])
+        assert words == alone[i], (i, words, alone[i])
     assert after["decodes"] - before["decodes"] == 8
     assert after["batches"] - before["batches"] < 8 and after["largest_batch"] >= 2, after
     assert after["overloads"] == before["overloads"] and after["queued"] == 0

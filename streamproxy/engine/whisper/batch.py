@@ -10,8 +10,10 @@ the benchmark speech as well as the full window did.
 
 Utterances whose windows have the same length are decoded as one batch: one ``encode``, one
 ``generate`` and one ``align`` call for all of them; the decoder steps are what batching saves.
-Because a batch only ever holds windows of one length (no cross-item padding) and every item has
-its own prompt, an utterance's words do not depend on what else was in its batch.
+CTranslate2 needs the start-of-transcript token at one position in a batch, so a batch also shares
+its prompt length (the previous-text context, if any). Because a batch never pads one item to
+another's length and every item has its own prompt, an utterance's words do not depend on what
+else was in its batch.
 Word timings reuse faster-whisper's own alignment (``add_word_timestamps``), as ``transcribe()``
 does.
 """
@@ -64,11 +66,11 @@ class Window:
 
     features: np.ndarray  # float32 [n_mels, frames]
     content_frames: int  # frames of real audio; the rest is padding
-    prompt: str | None
-    frames: int = field(init=False)
+    prompt: list[int]  # decoder prompt: previous text tokens (if any), then the start sequence
+    key: tuple[int, int] = field(init=False)  # what a batch shares: window frames, prompt length
 
     def __post_init__(self) -> None:
-        self.frames = int(self.features.shape[-1])
+        self.key = (int(self.features.shape[-1]), len(self.prompt))
 
 
 def window_frames(content_frames: int) -> int:
@@ -107,25 +109,24 @@ class UtteranceDecoder:
         frames = window_frames(content)
         out = np.zeros((feats.shape[0], frames), dtype=np.float32)
         out[:, :content] = feats
-        return Window(out, content, prompt or None)
+        return Window(out, content, self._prompt(prompt))
 
     def _prompt(self, text: str | None) -> list[int]:
         previous = self.tokenizer.encode(" " + text.strip()) if text and text.strip() else []
         return list(self.model.get_prompt(self.tokenizer, previous, without_timestamps=False))
 
     def decode(self, windows: list[Window]) -> list[DecodedUtterance]:
-        """Decode windows of one length in one batch (blocking; holds a CTranslate2 worker)."""
+        """Decode windows of one :attr:`Window.key` in one batch (blocking; holds a CTranslate2 worker)."""
         if not windows:
             return []
-        frames = windows[0].frames
-        if any(w.frames != frames for w in windows):
-            raise ValueError("a batch holds windows of one length only")
+        if any(w.key != windows[0].key for w in windows):
+            raise ValueError("a batch holds windows of one length and prompt length only")
         import ctranslate2
 
         m, tok = self.model, self.tokenizer
         feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack([w.features for w in windows])))
         encoded = m.model.encode(feats, to_cpu=False)
-        prompts = [self._prompt(w.prompt) for w in windows]
+        prompts = [w.prompt for w in windows]
         longest = max(w.content_frames for w in windows) / _FRAMES_PER_S
         max_length = min(m.max_length, max(len(p) for p in prompts) + 16 + math.ceil(_TOKENS_PER_S * longest))
         results = m.model.generate(
@@ -171,5 +172,5 @@ class UtteranceDecoder:
                 for x in seg[0].get("words", ())
                 if str(x["word"]).strip()
             ]
-            out.append(DecodedUtterance(words, text, avg, nsp, _compression_ratio(text), w.frames / _FRAMES_PER_S))
+            out.append(DecodedUtterance(words, text, avg, nsp, _compression_ratio(text), w.key[0] / _FRAMES_PER_S))
         return out

@@ -2,7 +2,7 @@
 
 Every stream's utterance goes into one queue; ``max_concurrent_decodes`` decoder threads (one
 CTranslate2 worker each, ``cpu_threads`` threads per worker) take from it up to ``max_batch``
-queued utterances whose windows have the same length and decode them in one call
+queued utterances whose windows and prompts have the same lengths and decode them in one call
 (:mod:`.batch`: short windows, one encode/generate/align per batch). Nothing waits to fill a
 batch: under load utterances queue up while the decoders are busy and are taken together.
 
@@ -159,14 +159,14 @@ class DecodePool:
     # ------------------------------------------------------------------ the queue
 
     def _take(self) -> list[_Request]:
-        """The oldest queued utterance and up to ``max_batch - 1`` more with its window length."""
+        """The oldest queued utterance and up to ``max_batch - 1`` more of its batch key."""
         first = self._queue.popleft()
         batch = [first]
         if self.max_batch > 1 and self._queue:
             rest: deque[_Request] = deque()
             while self._queue:
                 r = self._queue.popleft()
-                (batch if len(batch) < self.max_batch and r.window.frames == first.window.frames else rest).append(r)
+                (batch if len(batch) < self.max_batch and r.window.key == first.window.key else rest).append(r)
             self._queue = rest
         return batch
 
@@ -264,11 +264,11 @@ class DecodePool:
         return self._result(self._submit(audio, prompt)[0]).words
 
     def decode_together(self, items: list[tuple[np.ndarray, str | None]]) -> list[DecodedUtterance]:
-        """Decode utterances as batches of equal window length now, bypassing the queue (benchmarks, tests)."""
+        """Decode utterances now as batches of one key, bypassing the queue (benchmarks, tests)."""
         reqs = [_Request(self.decoder.window(a, p)) for a, p in items]
-        groups: dict[int, list[_Request]] = {}
+        groups: dict[tuple[int, int], list[_Request]] = {}
         for r in reqs:
-            groups.setdefault(r.window.frames, []).append(r)
+            groups.setdefault(r.window.key, []).append(r)
         with self._sem:
             for group in groups.values():
                 for i in range(0, len(group), self.max_batch):

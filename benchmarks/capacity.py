@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.asr import (  # noqa: E402  (needs the path above)
     PAUSE_S,
     SR,
+    Clip,
     Track,
     build_track,
     engine_stats,
@@ -115,6 +116,30 @@ def run_level(port: int, pid: int, tracks: list[Track], p95_limit: float) -> dic
     return row
 
 
+def _post(port: int, pcm: bytes) -> str:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/v1/listen?encoding=linear16&sample_rate={SR}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=pcm), timeout=120) as r:
+        return str(json.loads(r.read())["results"]["channels"][0]["alternatives"][0]["transcript"])
+
+
+def bench_files(port: int, pid: int, clips: Sequence[Clip]) -> dict[str, Any]:
+    """Each clip POSTed alone to the engine's prerecorded route: WER, wall and engine-CPU RTF."""
+    from benchmarks.asr import wer
+
+    _post(port, clips[0].pcm.tobytes())  # warm-up, not counted
+    errors = words = 0
+    wall = cpu = audio = 0.0
+    for c in clips:
+        c0, t0 = proc_cpu_s(pid), time.perf_counter()
+        hyp = _post(port, c.pcm.tobytes())
+        wall, cpu = wall + time.perf_counter() - t0, cpu + proc_cpu_s(pid) - c0
+        e, n = wer(c.text, hyp)
+        errors, words, audio = errors + e, words + n, audio + c.seconds
+    return {"wer": errors / words, "rtf_wall": wall / audio, "rtf_cpu": cpu / audio, "audio_s": audio}
+
+
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -126,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of a source tree (repeatable)")
     ap.add_argument("--engine-args", default="", help="extra `streamproxy engine` flags, shell-quoted")
     ap.add_argument("--p95-limit", type=float, default=1.5, help="finals fall behind above this p95 (s)")
+    ap.add_argument("--files", action="store_true", help="also each sentence as a file: WER and RTF")
     ap.add_argument("--out", default=str(RESULTS / "capacity.json"))
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -140,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         clips = speech_set(args.sentences, Path(d))
     print(f"speech: {len(clips)} espeak-ng sentences, {sum(c.seconds for c in clips):.1f} s per stream", flush=True)
     load_before = os.getloadavg()
+    files: dict[str, dict[str, Any]] = {}
+    if args.files:
+        for name, tree, flags in trees:
+            with engine_at(tree, flags) as (port, pid):
+                files[name] = f = bench_files(port, pid, clips)
+            print(
+                f"  {name:>8} files: WER={f['wer']:.1%}  RTF wall={f['rtf_wall']:.3f} CPU={f['rtf_cpu']:.3f}",
+                flush=True,
+            )
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in trees}
     for n in levels:
         tracks = [build_track(clips, rotate=i % len(clips)) for i in range(n)]
@@ -184,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "criterion": f"p95 <= {args.p95_limit} s, no error, no missing final",
         "trees": {name: {"path": str(tree), "engine_args": flags} for name, tree, flags in trees},
         "rows": rows,
+        "files": files,
         "command": "python benchmarks/capacity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
     out = Path(args.out)

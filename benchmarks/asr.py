@@ -1,10 +1,10 @@
 """ASR benchmark: accuracy, speed, streaming latency and capacity of the embedded engine kinds.
 
 Per kind (``pocketsphinx`` is the baseline, ``whisper`` the default; ``marker`` is not ASR and is
-left out), on a small speech set this script builds with espeak-ng (two voices; no real speech is
-shipped by any package installed here):
+left out), on a small speech set this script builds with espeak-ng (two voices):
 
-* files: WER and real-time factor (wall and CPU seconds per audio second, one decode thread);
+* files: WER (synthetic, and on the built-in real speech of ``streamproxy.eval.corpus.real``) and
+  real-time factor (wall and CPU seconds per audio second, one decode thread);
 * streaming: the sentences as one track with pauses, sent in real time (100 ms frames) to a
   ``streamproxy engine`` subprocess; WER of the finals, and final latency = arrival of the final
   covering a sentence's end - the moment its last voiced sample was sent;
@@ -12,8 +12,9 @@ shipped by any package installed here):
   settings: 2 concurrent decodes, 1 thread each) until finals fall behind (p95 latency > 3 s, or an
   overload error).
 
-WER is computed after normalising case, punctuation and numbers (tiny.en writes "730" for
-"seven thirty" and "1-2-3" for "one two three": both sides become digit strings).
+WER is computed after the one normaliser, ``streamproxy.eval.text`` (case, punctuation, numbers:
+tiny.en writes "730" for "seven thirty" and "1-2-3" for "one two three": both sides become digit
+strings).
 
     python benchmarks/asr.py --quick        # ~2 min: 6 sentences, N = 1, 2, 4, 6, 8
     python benchmarks/asr.py                # 12 sentences, N up to 12
@@ -29,13 +30,11 @@ import contextlib
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,118 +46,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from streamproxy.eval import corpus  # noqa: E402
+from streamproxy.eval import text as text_eval  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 SR = 16000
 FRAME_MS = 100
 PAUSE_S = 1.0  # silence between sentences in the streamed track
 
-SENTENCES = [
-    "The weather is lovely today and we are going to the park.",
-    "Please send the report to my office before noon.",
-    "She bought three apples and a loaf of bread at the market.",
-    "Call me back at seven thirty tomorrow morning.",
-    "The meeting has been moved to the large room on the second floor.",
-    "Our train leaves from platform nine in twenty minutes.",
-    "He forgot his umbrella and walked home in the rain.",
-    "Turn left at the next corner and then go straight ahead.",
-    "The children were playing football in the garden all afternoon.",
-    "We need to order more paper for the printer this week.",
-    "My phone number is one two three four five six seven.",
-    "The library closes early on Sundays during the summer.",
-]
-VOICES = ("en-us", "en-gb")
-
-
-# --------------------------------------------------------------------------- WER with number normalisation
-
-_UNITS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen".split()
-    )
-}
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
-_SCALES = {"thousand": 1000, "million": 1_000_000}
-
-
-def _number_runs(tokens: list[str]) -> list[str]:
-    """Spoken numbers -> digit groups ("seven thirty" -> "7" "30", "twenty one" -> "21")."""
-    out: list[str] = []
-    total = small = 0
-    last: str | None = None  # kind of the previous number word: unit, teen, tens, hundred, scale
-
-    def flush() -> None:
-        nonlocal total, small, last
-        if last is not None:
-            out.append(str(total + small))
-        total = small = 0
-        last = None
-
-    for i, t in enumerate(tokens):
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if t == "and" and last in ("hundred", "scale") and (nxt in _UNITS or nxt in _TENS):
-            continue  # "two hundred and five"
-        if t in _UNITS:
-            v = _UNITS[t]
-            kind = "unit" if v < 10 else "teen"
-            if last is None or (last == "tens" and v < 10) or last in ("hundred", "scale"):
-                small += v
-            else:
-                flush()
-                small = v
-            last = kind
-        elif t in _TENS:
-            if last is None or last in ("hundred", "scale"):
-                small += _TENS[t]
-            else:
-                flush()
-                small = _TENS[t]
-            last = "tens"
-        elif t == "hundred" and last in ("unit", "teen"):
-            small *= 100
-            last = "hundred"
-        elif t in _SCALES and last is not None:
-            total += max(small, 1) * _SCALES[t]
-            small = 0
-            last = "scale"
-        else:
-            flush()
-            out.append(t)
-    flush()
-    return out
-
-
-def normalise(text: str) -> list[str]:
-    """Lower case, no punctuation, numbers as digit strings, adjacent digit groups joined."""
-    t = text.lower().replace("%", " percent ").replace("&", " and ")
-    t = re.sub(r"(?<=\d),(?=\d{3})", "", t)  # 1,000 -> 1000
-    t = re.sub(r"[^a-z0-9' ]+", " ", t)
-    tokens = [w.strip("'") for w in t.split() if w.strip("'")]
-    merged: list[str] = []
-    for w in _number_runs(tokens):
-        if w.isdigit() and merged and merged[-1].isdigit():
-            merged[-1] += w
-        else:
-            merged.append(w)
-    return merged
-
-
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance over words."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+SENTENCES = list(corpus.SENTENCES)
+VOICES = corpus.VOICES
 
 
 def wer(ref_text: str, hyp_text: str) -> tuple[int, int]:
-    """(errors, reference words) after :func:`normalise`."""
-    ref, hyp = normalise(ref_text), normalise(hyp_text)
-    return word_errors(ref, hyp), len(ref)
+    """(errors, reference words) after the one normaliser (streamproxy.eval.text)."""
+    s = text_eval.score(ref_text, hyp_text)
+    return s.errors, s.ref_words
 
 
 # --------------------------------------------------------------------------- speech set
@@ -181,12 +84,18 @@ class Clip:
 
 
 def synthesize(text: str, voice: str, directory: Path, speed: int = 150) -> np.ndarray:
-    """espeak-ng -> sox 16 kHz mono int16."""
-    raw, out = directory / "raw.wav", directory / "out.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(SR), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
-    with wave.open(str(out), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+    """espeak-ng -> sox 16 kHz mono int16 (streamproxy.eval.corpus.synthesize)."""
+    wav = corpus.read_wav(corpus.synthesize(text, directory / "out.wav", voice, speed))
+    return np.frombuffer(wav.pcm, dtype="<i2").copy()
+
+
+def real_clips() -> list[Clip]:
+    """The built-in real-speech set (streamproxy.eval.corpus.real), as clips."""
+    out = []
+    for u in corpus.real():
+        wav = u.read()
+        out.append(Clip(u.text, u.id, np.frombuffer(wav.pcm, dtype="<i2").copy()))
+    return out
 
 
 def speech_set(n: int, directory: Path) -> list[Clip]:
@@ -463,10 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ("pocketsphinx", "whisper")
     load_before = os.getloadavg()
     files = {}
+    files_real = {}
     streaming = {}
+    real = real_clips()
     for kind in kinds:
         print(f"files: {kind} ...", flush=True)
         files[kind] = bench_files(kind, clips)
+        files_real[kind] = bench_files(kind, real)
     for kind in kinds:
         print(f"streaming: {kind} ...", flush=True)
         streaming[kind] = bench_streaming(kind, clips)
@@ -480,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base_f, base_s = files["pocketsphinx"], streaming["pocketsphinx"]
     print()
-    print("| kind | file WER | file RTF (wall / CPU) | stream WER | final latency p50 / p95 | vs pocketsphinx |")
+    print(
+        "| kind | file WER synthetic / real | file RTF (wall / CPU) | stream WER | final latency p50 / p95 "
+        "| vs pocketsphinx |"
+    )
     print("|---|---|---|---|---|---|")
     for kind in kinds:
         f, st = files[kind], streaming[kind]
@@ -489,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             f"latency {st['latency_p50_s'] / base_s['latency_p50_s']:.2f}x"
         )
         print(
-            f"| {kind} | {f['wer']:.1%} | {f['rtf_wall']:.3f} / {f['rtf_cpu']:.3f} | {st['wer']:.1%} | "
+            f"| {kind} | {f['wer']:.1%} / {files_real[kind]['wer']:.1%} | {f['rtf_wall']:.3f} / {f['rtf_cpu']:.3f} | "
+            f"{st['wer']:.1%} | "
             f"{st['latency_p50_s']:.2f} / {st['latency_p95_s']:.2f} s | {ratios} |"
         )
     wi, w0 = streaming["whisper+interims"], streaming["whisper"]
@@ -525,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": {
             k: {kk: vv for kk, vv in v.items() if kk != "clips"} | {"clips": v["clips"]} for k, v in files.items()
         },
+        "files_real_speech": files_real,
         "streaming": streaming,
         "capacity": {
             "rows": capacity,

@@ -1,4 +1,4 @@
-"""Command line: ``streamproxy serve | engine | stream | keys | worker | transcribe | config``; each has ``--help``."""
+"""Command line: ``streamproxy serve | engine | stream | eval | keys | worker | transcribe | config`` (``--help``)."""
 
 from __future__ import annotations
 
@@ -178,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("id", help="key id, as shown by keys list")
     k.set_defaults(func=cmd_keys)
     from .config_init import add_config_commands
+    from .eval.cli import add_eval_command
     from .jobs.cli import add_job_commands  # worker, transcribe
 
+    add_eval_command(sub)
     add_job_commands(sub, _load)
     add_config_commands(sub)
     return p

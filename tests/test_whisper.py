@@ -8,7 +8,7 @@ private redis-server and a worker subprocess for the job. The Whisper model (tin
 package) is loaded once per process and shared by every in-process engine.
 
 WER bounds: measured on these sentences (espeak-ng en-us/en-gb, 150 wpm), after normalising case,
-punctuation and numbers (see benchmarks/asr.py): streaming 5/41 words (12.2 %), file 2/41 (4.9 %),
+punctuation and numbers (streamproxy.eval.text): streaming 5/41 words (12.2 %), file 2/41 (4.9 %),
 deterministic for a given chunking; asserted with margin at 25 %.
 """
 
@@ -34,7 +34,7 @@ import pytest
 from deepgram import AsyncDeepgramClient
 from deepgram.types.listen_v1response import ListenV1Response
 
-from benchmarks.asr import normalise, synthesize, word_errors
+from benchmarks.asr import synthesize
 from streamproxy.config import load_config
 from streamproxy.deepgram.types import Result, SpeechStarted, UtteranceEnd
 from streamproxy.engine.kinds import transcribe
@@ -45,6 +45,7 @@ from streamproxy.engine.whisper.model import PACKAGE_SHA256, auto_kind, resolve_
 from streamproxy.engine.whisper.pool import DecodedWord, DecodePool, WhisperOptions, load_pool
 from streamproxy.engine.whisper.recognizer import WhisperRecognizer
 from streamproxy.engine.whisper.words import plain, to_words
+from streamproxy.eval import text as text_eval
 from tests.helpers.engine import require_espeak
 from tests.helpers.gateway import engine, final_words, gateway, gateway_config, sdk_env, to_dict, validate_strict
 from tests.helpers.jobs import queue_sections, redis_server, start_worker, unique_prefix, wait_for, wav, write_config
@@ -96,8 +97,7 @@ def pool() -> DecodePool:
 
 
 def wer_of(ref: str, hyp: str) -> float:
-    r = normalise(ref)
-    return word_errors(r, normalise(hyp)) / len(r)
+    return text_eval.wer(ref, hyp)
 
 
 def check_words(words: list[tuple[str, float, float]], duration: float) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from streamproxy.deepgram.types import Event, Result
+from streamproxy.eval import text as text_eval
 
 Segment = tuple[int, int]  # (sample value, number of samples)
 
@@ -66,23 +66,12 @@ def espeak_wav16(text: str, directory: Path, name: str = "speech") -> Path:
 
 
 def normalise_words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
-
-
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance over words (substitutions + insertions + deletions)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+    """The normalised words (streamproxy.eval.text, the one normaliser)."""
+    return text_eval.words(text)
 
 
 def wer(ref_text: str, hyp_text: str) -> float:
-    ref = normalise_words(ref_text)
-    return word_errors(ref, normalise_words(hyp_text)) / max(1, len(ref))
+    return text_eval.wer(ref_text, hyp_text)
 
 
 def recall(ref_text: str, hyp_text: str) -> float:

@@ -1,0 +1,1 @@
+"""Recognition quality: text normalisation and WER (``text``), speech sets (``corpus``), ``streamproxy eval``."""

@@ -125,19 +125,38 @@ def _post(port: int, pcm: bytes) -> str:
 
 
 def bench_files(port: int, pid: int, clips: Sequence[Clip]) -> dict[str, Any]:
-    """Each clip POSTed alone to the engine's prerecorded route: WER, wall and engine-CPU RTF."""
-    from benchmarks.asr import wer
+    """Each clip POSTed alone to the engine's prerecorded route: WER, SER, wall and engine-CPU RTF."""
+    from streamproxy.eval import text
 
     _post(port, clips[0].pcm.tobytes())  # warm-up, not counted
-    errors = words = 0
+    pairs = []
     wall = cpu = audio = 0.0
     for c in clips:
         c0, t0 = proc_cpu_s(pid), time.perf_counter()
         hyp = _post(port, c.pcm.tobytes())
         wall, cpu = wall + time.perf_counter() - t0, cpu + proc_cpu_s(pid) - c0
-        e, n = wer(c.text, hyp)
-        errors, words, audio = errors + e, words + n, audio + c.seconds
-    return {"wer": errors / words, "rtf_wall": wall / audio, "rtf_cpu": cpu / audio, "audio_s": audio}
+        pairs.append((c.text, hyp))
+        audio += c.seconds
+    score = text.total(pairs)
+    return {"wer": score.wer, "ser": score.ser, "rtf_wall": wall / audio, "rtf_cpu": cpu / audio, "audio_s": audio}
+
+
+def bench_stream(port: int, clips: Sequence[Clip]) -> dict[str, Any]:
+    """One real-time stream of the clips as a track: WER, SER (finals assigned to the sentence whose
+    pause they end in), final latency."""
+    from benchmarks.asr import stream_track
+    from streamproxy.eval import text
+
+    track = build_track(clips)
+    run = asyncio.run(stream_track(port, track))
+    bounds = [(e + PAUSE_S / 2 * SR) / SR for e in track.ends]
+    hyps: list[list[str]] = [[] for _ in clips]
+    for _, end, transcript in run["finals"]:
+        i = next((k for k, b in enumerate(bounds) if end <= b), len(bounds) - 1)
+        hyps[i].append(transcript)
+    score = text.total((ref, " ".join(h)) for ref, h in zip(track.texts, hyps, strict=True))
+    out = summarise([track.texts], [run])
+    return out | {"wer": score.wer, "ser": score.ser}
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -152,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-args", default="", help="extra `streamproxy engine` flags, shell-quoted")
     ap.add_argument("--p95-limit", type=float, default=1.5, help="finals fall behind above this p95 (s)")
     ap.add_argument("--files", action="store_true", help="also each sentence as a file: WER and RTF")
+    ap.add_argument("--real", action="store_true", help="also the built-in real speech: files and one stream")
     ap.add_argument("--out", default=str(RESULTS / "capacity.json"))
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -173,6 +193,22 @@ def main(argv: list[str] | None = None) -> int:
                 files[name] = f = bench_files(port, pid, clips)
             print(
                 f"  {name:>8} files: WER={f['wer']:.1%}  RTF wall={f['rtf_wall']:.3f} CPU={f['rtf_cpu']:.3f}",
+                flush=True,
+            )
+    real: dict[str, dict[str, Any]] = {}
+    if args.real:
+        from benchmarks.asr import real_clips
+
+        rclips = real_clips()
+        for name, tree, flags in trees:
+            with engine_at(tree, flags) as (port, pid):
+                f = bench_files(port, pid, rclips)
+                st = bench_stream(port, rclips)
+            real[name] = {"files": f, "stream": st}
+            print(
+                f"  {name:>8} real speech: files WER={f['wer']:.1%} SER={f['ser']:.1%} RTF wall={f['rtf_wall']:.3f} "
+                f"CPU={f['rtf_cpu']:.3f}; stream WER={st['wer']:.1%} SER={st['ser']:.1%} final p50="
+                f"{_fmt(st['latency_p50_s'])}s p95={_fmt(st['latency_p95_s'])}s",
                 flush=True,
             )
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in trees}
@@ -215,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         },
-        "speech": {"sentences": len(clips), "source": "espeak-ng", "seconds_per_stream": len(tracks[0].pcm) / 2 / SR},
+        "speech": {
+            "sentences": len(clips),
+            "source": "espeak-ng",
+            "seconds_per_stream": len(build_track(clips).pcm) / 2 / SR,
+        },
         "criterion": f"p95 <= {args.p95_limit} s, no error, no missing final",
         "trees": {name: {"path": str(tree), "engine_args": flags} for name, tree, flags in trees},
         "rows": rows,
         "files": files,
+        "real_speech": real,
         "command": "python benchmarks/capacity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
     out = Path(args.out)

@@ -1,15 +1,17 @@
 """Utterance decoding on CTranslate2 directly: short windows, several streams' utterances per call.
 
 faster-whisper's ``transcribe()`` pads every call to Whisper's 30 s window; for tiny.en int8 on one
-core the encoder alone then costs ~370 ms whatever the utterance length, and is ~95 % of a live
-decode. CTranslate2's encoder takes shorter features, so an utterance is decoded in a window of
-its own length plus :data:`MARGIN_S` of trailing padding, rounded up to a :data:`BUCKET_S`
-multiple (a 3 s utterance: a 6 s window, ~25 ms of encoder). Without that margin Whisper loops
-(it repeats the utterance to fill a window it believes is unfinished); with 2 s it transcribed
-the benchmark speech as well as the full window did.
+core the encoder alone then costs ~260-370 ms whatever the utterance length, ~90 % of a live decode.
+CTranslate2's encoder takes shorter features (its cost grows faster than linearly with the
+window: 15 s costs ~57 ms), so an utterance is decoded in a window of at least :data:`MIN_WINDOW_S`
+and at least its own length plus :data:`MARGIN_S` of trailing padding, rounded up to a
+:data:`BUCKET_S` multiple. Shorter windows make Whisper loop on short utterances (it repeats
+"ten of clubs" to fill a window it believes unfinished: 75 % WER on the real-speech set with
+utterance + 2 s windows, 17.5 % with 10 s, 7.9 % with 15 s, 8.8 % with 30 s).
 
-Utterances whose windows have the same length are decoded as one batch: one ``encode``, one
-``generate`` and one ``align`` call for all of them; the decoder steps are what batching saves.
+Utterances whose windows have the same length are decoded as one batch: each is encoded on its
+own (a batched encode costs more per item on CPU at these lengths), then one ``generate`` and one
+``align`` call serve them all; the decoder steps are what batching saves.
 CTranslate2 needs the start-of-transcript token at one position in a batch, so a batch also shares
 its prompt length (the previous-text context, if any). Because a batch never pads one item to
 another's length and every item has its own prompt, an utterance's words do not depend on what
@@ -28,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUCKET_S", "MARGIN_S", "DecodedUtterance", "DecodedWord", "UtteranceDecoder", "Window"]
+__all__ = ["BUCKET_S", "MARGIN_S", "MIN_WINDOW_S", "DecodedUtterance", "DecodedWord", "UtteranceDecoder", "Window"]
 
-MARGIN_S = 2.0  # trailing padding after the utterance; less makes Whisper repeat itself
-BUCKET_S = 2.0  # window lengths are multiples of this, so utterances of similar length share a batch
+MIN_WINDOW_S = 15.0  # shorter windows make Whisper repeat short utterances (see above)
+MARGIN_S = 2.0  # trailing padding after a long utterance; less makes Whisper repeat itself
+BUCKET_S = 2.0  # longer windows are multiples of this, so utterances of similar length share a batch
 _FRAMES_PER_S = 100  # Whisper's mel frames per second (hop 160 at 16 kHz)
 _MAX_FRAMES = 3000  # Whisper's 30 s window
 _MAX_INITIAL_TIMESTAMP_S = 1.0  # faster-whisper's default
@@ -74,10 +77,10 @@ class Window:
 
 
 def window_frames(content_frames: int) -> int:
-    """Window length for ``content_frames`` of audio: + margin, rounded up to a bucket, <= 30 s."""
+    """Window length for ``content_frames`` of audio: + margin, rounded up to a bucket, 15..30 s."""
     bucket = round(BUCKET_S * _FRAMES_PER_S)
     want = content_frames + round(MARGIN_S * _FRAMES_PER_S)
-    return min(_MAX_FRAMES, math.ceil(want / bucket) * bucket)
+    return min(_MAX_FRAMES, max(round(MIN_WINDOW_S * _FRAMES_PER_S), math.ceil(want / bucket) * bucket))
 
 
 def _compression_ratio(text: str) -> float:
@@ -124,8 +127,11 @@ class UtteranceDecoder:
         import ctranslate2
 
         m, tok = self.model, self.tokenizer
-        feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack([w.features for w in windows])))
-        encoded = m.model.encode(feats, to_cpu=False)
+        if len(windows) == 1:
+            encoded = m.model.encode(ctranslate2.StorageView.from_array(windows[0].features[None]))
+        else:
+            parts = [np.asarray(m.model.encode(ctranslate2.StorageView.from_array(w.features[None]))) for w in windows]
+            encoded = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(parts)))
         prompts = [w.prompt for w in windows]
         longest = max(w.content_frames for w in windows) / _FRAMES_PER_S
         max_length = min(m.max_length, max(len(p) for p in prompts) + 16 + math.ceil(_TOKENS_PER_S * longest))

@@ -15,8 +15,8 @@ The engine at capacity (429 at the handshake, 1013 when no decode can start in t
 tests/test_whisper.py (test_overload_429_failover_and_clear_error,
 test_decode_overload_error_1013_and_gateway_failover).
 
-WER bounds: measured on these espeak-ng sentences after normalisation (benchmarks/asr.py): tiny.en
-3/41 words per decode, base 1/41 streamed; asserted at 25 %.
+WER bounds: measured on these espeak-ng sentences after normalisation (streamproxy.eval.text):
+tiny.en 3/41 words per decode (7.3 %), base 3/41 (7.3 %); asserted at 25 %.
 """
 
 from __future__ import annotations

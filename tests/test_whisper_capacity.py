@@ -1,8 +1,9 @@
 """Whisper capacity and model choice: batched decoding across streams, short windows, Whisper base.
 
-* Batched decoding gives the same words as one-at-a-time decoding of the same audio: same text and
-  the same word times; word probabilities may differ in the 3rd decimal (int8 GEMMs over a batch
-  of rows are not bit-identical to one row), so they are compared within 0.02.
+* Batched decoding gives the same words as one-at-a-time decoding of the same audio. Not bit-exact:
+  int8 GEMMs over a batch of rows are not bit-identical to one row, so word probabilities differ
+  in the 3rd decimal and a word boundary can move by one 20 ms alignment step; the test asserts
+  the same word texts, times within 0.02 s and probabilities within 0.02.
 * Concurrent streams' utterances are taken from the decode queue together (fewer model calls than
   utterances) and each caller gets its own words.
 * The short window (utterance + 2 s, not Whisper's 30 s) does not loop or repeat: every sentence
@@ -79,7 +80,9 @@ def test_batched_decoding_gives_the_same_words_as_unbatched(pool: DecodePool, ut
     assert after["batches"] - before["batches"] <= len(items) // 2, "no batch held more than one utterance"
     single = [pool.decode_together([it])[0] for it in items]
     for (text, _), b, s in zip(SENTENCES * 6, batched, single, strict=True):
-        assert words_of(b) == words_of(s), (text, words_of(b), words_of(s))
+        assert [w.text for w in b.words] == [w.text for w in s.words], (text, b.text, s.text)
+        times = np.array([(w.start, w.end) for w in b.words]) - np.array([(w.start, w.end) for w in s.words])
+        assert np.abs(times).max() <= 0.02 + 1e-9, (text, words_of(b), words_of(s))
         assert np.allclose([w.probability for w in b.words], [w.probability for w in s.words], atol=0.02)
         assert wer_of(text, " ".join(w.text for w in s.words)) <= WER_BOUND, (text, s.text)
         # The short window: no repeat loop, no words beyond the sentence's own.
@@ -118,7 +121,9 @@ def test_concurrent_streams_share_decode_calls(utterances: list[np.ndarray]) -> 
     after = pool.stats_dict()
     assert sorted(got) == list(range(8))
     for i, words in got.items():
-        assert words == alone[i], (i, words, alone[i])
+        assert [w for w, _, _ in words] == [w for w, _, _ in alone[i]], (i, words, alone[i])
+        delta = np.array([w[1:] for w in words]) - np.array([w[1:] for w in alone[i]])
+        assert np.abs(delta).max() <= 0.02 + 1e-9, (i, words, alone[i])
     assert after["decodes"] - before["decodes"] == 8
     assert after["batches"] - before["batches"] < 8 and after["largest_batch"] >= 2, after
     assert after["overloads"] == before["overloads"] and after["queued"] == 0

@@ -15,7 +15,8 @@ own (a batched encode costs more per item on CPU at these lengths), then one ``g
 CTranslate2 needs the start-of-transcript token at one position in a batch, so a batch also shares
 its prompt length (the previous-text context, if any). Because a batch never pads one item to
 another's length and every item has its own prompt, an utterance's words do not depend on what
-else was in its batch.
+else was in its batch (int8 GEMMs over several rows are not bit-identical to one row, so word
+probabilities and, by one 20 ms step, word times can).
 Word timings reuse faster-whisper's own alignment (``add_word_timestamps``), as ``transcribe()``
 does.
 """

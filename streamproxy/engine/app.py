@@ -74,7 +74,8 @@ def make_engine_app(
         executor = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)), thread_name_prefix="sphinx")
     elif kind == "whisper":
         wopts = whisper or WhisperOptions()
-        source = resolve_model(wopts.model_dir, wopts.model_package)  # ModelNotFound says how to fix it
+        # ModelNotFound says how to fix it
+        source = resolve_model(wopts.model_dir, wopts.model_package, model=wopts.model, data_dir=wopts.data_dir)
         version = source.version
         model_name = model_name or source.name
         # Threads mostly wait (for audio or for a decode slot); decoding itself is bounded by the pool.

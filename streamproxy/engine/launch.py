@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ..config import Config
+from ..config import Config, resolve_data_dir
 from .supervisor import EngineSupervisor
 from .whisper.model import auto_kind
 
@@ -17,7 +17,8 @@ def engine_kind(cfg: Config) -> str:
     kind = cfg.engine.kind
     if kind != "auto":
         return kind
-    kind, why = auto_kind(cfg.engine.model_dir, cfg.engine.model_package)
+    e = cfg.engine
+    kind, why = auto_kind(e.model_dir, e.model_package, model=e.model, data_dir=resolve_data_dir(cfg.server))
     log.info(f"engine kind auto -> {kind}: {why}", extra={"event": "engine_kind", "kind": kind, "reason": why})
     return kind
 
@@ -27,6 +28,9 @@ def engine_args(cfg: Config) -> list[str]:
     e = cfg.engine
     return [
         f"--model-package={e.model_package}",
+        f"--model={e.model}",
+        f"--data-dir={resolve_data_dir(cfg.server)}",
+        f"--max-batch={e.max_batch}",
         f"--max-streams={e.max_streams}",
         f"--max-concurrent-decodes={e.max_concurrent_decodes}",
         f"--max-decode-wait={e.max_decode_wait_s}",

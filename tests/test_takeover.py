@@ -208,6 +208,124 @@ async def test_live_holder_lets_the_session_move(tmp_path: Path) -> None:
         assert any(r.get("event") == "session_release" for r in a.records())
 
 
+# ----------------------------------------------------------------------------- Flux (/v2/listen)
+#: Eight one-word turns (an EndOfTurn 700 ms into each 900 ms gap), the last ended at CloseStream.
+FLUX_AUDIO = marker_audio(spaced_words(range(51, 59), word_ms=250, gap_ms=900, lead_ms=100), SR)
+
+
+class FluxResumingClient(ResumingClient):
+    """The same client on ``/v2/listen``: it holds its audio from the ``audio_window_end`` of the
+    last ``EndOfTurn`` it has (a turn in progress is completed by whoever carries on)."""
+
+    audio = FLUX_AUDIO
+    cut = 0
+
+    def url(self, port: int, extra: str = "") -> str:
+        return (
+            f"ws://127.0.0.1:{port}/v2/listen?model=flux-general-en&encoding=linear16&sample_rate={SR}"
+            f"&proxy_events=true{extra}"
+        )
+
+    async def read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                msg = orjson.loads(raw)
+                self.msgs.append(msg)
+                seq = (msg.get("proxy") or {}).get("seq")
+                if seq is not None:
+                    assert seq > self.last_seq, f"seq {seq} after {self.last_seq}: repeated or back"
+                    self.last_seq = seq
+                if msg.get("type") == "TurnInfo" and msg["event"] == "EndOfTurn":
+                    self.final_end = round(msg["audio_window_end"] * SR) * 2
+                    self.finals += bool(msg["words"])
+
+    async def stream_until(self, ws: ClientConnection, finals: int, reader: asyncio.Task[None]) -> int:
+        """Audio (5x real time) until ``finals`` turns ended, then 500 ms more: into the next turn
+        (its StartOfTurn and an Update or two sent, not yet ended)."""
+        sent = 0
+        audio = self.audio
+        while self.finals < finals and sent < len(audio) and not reader.done():
+            await ws.send(audio[sent : sent + CHUNK])
+            sent += CHUNK
+            await asyncio.sleep(0.02)
+        assert self.finals >= finals, "no turns from the first instance"
+        for _ in range(5):
+            await ws.send(audio[sent : sent + CHUNK])
+            sent += CHUNK
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        return sent
+
+    async def resume_and_finish(self, port: int) -> dict[str, Any]:
+        self.cut = len(self.msgs)  # what the client had before it resumed
+        async with websockets.connect(self.resume_url(port), open_timeout=15) as ws:
+            status = orjson.loads(await ws.recv())
+            assert status["type"] == "ProxyStatus" and status["state"] == "resumed", status
+            reader = asyncio.create_task(self.read(ws))
+            pos = status["audio_bytes_received"]
+            while pos < len(self.audio):
+                await ws.send(self.audio[pos : pos + CHUNK])
+                pos += CHUNK
+                await asyncio.sleep(0.01)
+            await ws.send('{"type":"CloseStream"}')
+            await asyncio.wait_for(reader, 20)
+            assert ws.close_code == 1000
+        return dict(status)
+
+    def check_uninterrupted(self) -> None:
+        """The turns of an uninterrupted run (words, times, triggers, turn_index 0, 1, 2 …), one
+        timeline: ``sequence_id`` 0, 1, 2 … without holes or repeats, one ``Connected``, exactly one
+        StartOfTurn and one EndOfTurn per turn, in order."""
+        from tests.test_flux_core import reference, turns
+        from tests.test_flux_gateway import check_timeline
+
+        msgs = [m for m in self.msgs if m.get("type") != "ProxyStatus"]
+        check_timeline(msgs)
+        want = turns(reference(self.audio, SR))
+        assert [t[3] for t in want] == [f"w{k}" for k in range(51, 59)]
+        assert turns(msgs) == want
+        assert [m["proxy"]["seq"] for m in msgs] == [m["sequence_id"] + 1 for m in msgs]
+
+
+async def test_flux_session_survives_sigkill_of_its_gateway(tmp_path: Path) -> None:
+    """As the Live test, on /v2/listen: the holder and its engine SIGKILLed inside a turn; the
+    client resumes on the other instance from the last EndOfTurn it has; its turns, turn_index and
+    sequence numbers are those of an uninterrupted run."""
+    with _pair(tmp_path) as (a, b, _):
+        client = FluxResumingClient()
+        status = await _dead_holder_run(client, a.port, b.port, lambda: _kill(a))
+        assert 0 < status["audio_bytes_received"] < len(FLUX_AUDIO)
+        assert client.msgs[client.cut - 1]["event"] in ("StartOfTurn", "Update")  # killed inside a turn
+        client.check_uninterrupted()
+        end = await asyncio.to_thread(b.wait_event, "session_end", 10)
+        assert end["outcome"] == "ok" and end["close_code"] == 1000 and end.get("protocol", "v2") == "v2"
+
+
+async def test_flux_live_holder_lets_the_session_move(tmp_path: Path) -> None:
+    """The Flux client reconnects to B while A still has its old socket: A closes it (4000), stops
+    its upstream and stores its last checkpoint before B opens one; the turns go on as one run."""
+    with _pair(tmp_path) as (a, b, _):
+        client = FluxResumingClient()
+        old = await websockets.connect(client.url(a.port))
+        assert old.response is not None
+        client.sid = old.response.headers["dg-request-id"]
+        reader = asyncio.create_task(client.read(old))
+        await client.stream_until(old, 3, reader)
+        reader.cancel()  # the client moves on: what A still sends on the old socket, it never reads
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        done = asyncio.create_task(client.resume_and_finish(b.port))
+        moved = await asyncio.to_thread(a.wait_event, "session_end", 15)
+        assert moved["outcome"] == "moved"
+        status = await done
+        assert status["audio_bytes_received"] <= client.final_end
+        with pytest.raises(websockets.ConnectionClosed):
+            for _ in range(1000):
+                await asyncio.wait_for(old.recv(), 5)
+        assert old.close_code == 4000
+        client.check_uninterrupted()
+
+
 # ----------------------------------------------------------------------------- a real load balancer
 def _free_port() -> int:
     with socket.socket() as s:

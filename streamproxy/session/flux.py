@@ -24,7 +24,8 @@ from ..deepgram.flux import error_message as flux_error
 from ..deepgram.flux import warning_message
 from ..deepgram.messages import CLOSE_STREAM
 from ..deepgram.validate import flux_problem
-from .core import Count, Counter, Final, Latency, Observe, SendUpstream, Session
+from .checkpoint import Checkpoint
+from .core import Action, Count, Counter, Final, Latency, Observe, SendUpstream, Session
 
 FORCE_END_TURN = '{"type":"ForceEndTurn"}'
 
@@ -46,6 +47,7 @@ class FluxSession(Session):
         self._turn_open = False  # the client has this turn's StartOfTurn
         self._eager = False  # ... and an EagerEndOfTurn not followed by TurnResumed
         self._turn_high = -1  # audio_window_end (samples) of the turn's latest delivered event
+        self._client_has = 0  # after a takeover: the client has every message numbered up to this
 
     # ------------------------------------------------------------------ vocabulary
     def _problem(self, msg: Any) -> str | None:
@@ -94,6 +96,46 @@ class FluxSession(Session):
         self._next_sequence_id = int(extra.get("sequence_id", 0))
         self.turns_ended = int(extra.get("turns", 0))
 
+    def take_over(self, records: list[Checkpoint], last_seq: int, audio_offset: int | None, now: float) -> list[Action]:
+        """A takeover restarts at the latest ``EndOfTurn``; the client may have had more than that
+        (the open turn's ``StartOfTurn``, its ``Update`` s: they are not checkpointed). The
+        replacement reproduces them (the same audio from the same point), so they are numbered
+        again from that ``EndOfTurn`` on, as they first were, and those the client has (``seq`` up
+        to its ``last_seq``) are not sent again: one ``StartOfTurn`` per turn, ``sequence_id`` and
+        ``seq`` without repeats or holes. (A client that lacks finals gets them from the store,
+        as on v1.)"""
+        out = super().take_over(records, last_seq, audio_offset, now)
+        finals = [r for r in records if r.text is not None]
+        base = finals[-1] if finals else None
+        if base is not None and base.seq > last_seq:
+            return out
+        if base is None:
+            self.outbox.seq = self._next_sequence_id = self.turns_ended = 0
+            self._connected_sent = False  # the replacement's Connected is the client's first message again
+        else:
+            self.outbox.seq = base.seq
+            self._next_sequence_id = int(base.extra.get("sequence_id", base.seq))
+            self.turns_ended = int(base.extra.get("turns", self.turns_ended))
+        self._client_has = last_seq
+        return out
+
+    def _catch_up(self, replay: bool) -> bool:
+        """After a takeover: True if the next number is one the client already has and the message
+        is the replacement's reproduction of it (not sent again); anything else (an ``EndOfTurn``,
+        a ``Warning`` …) is numbered after the client's ``last_seq``."""
+        have = self._client_has
+        if not have:
+            return False
+        if self.outbox.seq < have:
+            if replay:
+                self.outbox.seq += 1
+                self._next_sequence_id += 1
+                return True
+            self._next_sequence_id += have - self.outbox.seq
+            self.outbox.seq = have
+        self._client_has = 0
+        return False
+
     @property
     def _stall_timeout(self) -> float:
         factor = 1 if self._turn_open else _BETWEEN_TURNS_STALL_FACTOR
@@ -101,6 +143,8 @@ class FluxSession(Session):
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         """Every message the client gets has the next ``sequence_id``, whichever connection sent it."""
+        if self._catch_up(replay=msg.get("type") == "Connected"):
+            return
         msg["sequence_id"] = self._next_sequence_id
         self._next_sequence_id += 1
         super()._deliver(msg)
@@ -168,6 +212,8 @@ class FluxSession(Session):
                 for w in msg["words"]
             ]
         self.stats.results += 1
+        if self._catch_up(replay=msg["event"] != "EndOfTurn"):
+            return out
         if self.s.proxy_events:
             out["sequence_id"] = self._next_sequence_id
             self._next_sequence_id += 1

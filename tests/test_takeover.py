@@ -485,6 +485,74 @@ def test_takeover_refuses_what_it_cannot_serve() -> None:
         _core().take_over(records, last_seq=-1, audio_offset=0, now=1.0)
 
 
+def _flux_drive(core: Any, actions: list[Any], state: dict[str, Any], now: float) -> None:
+    """Carry out a Flux core's actions against the real marker turn machine (one connection)."""
+    from streamproxy.session.core import Connect, SendUpstream
+    from tests.test_flux_core import Upstream
+
+    for x in actions:
+        if isinstance(x, SendClient):
+            state["client"].append(orjson.loads(x.data))
+        elif isinstance(x, SaveCheckpoint):
+            state["records"].append(Checkpoint.loads(x.record.dumps()))  # as the store gives it back
+        elif isinstance(x, Connect):
+            up = state["up"] = Upstream(SR)
+            gen = core.gen
+            for m in up.connected():
+                _flux_drive(core, core.upstream_message(gen, m, now), state, now)
+            _flux_drive(core, core.upstream_connected(gen, "u", now), state, now)
+        elif isinstance(x, SendUpstream) and state.get("up") is not None:
+            msgs, closes = state["up"].answer(x.data)
+            gen = core.gen
+            for m in msgs:
+                _flux_drive(core, core.upstream_message(gen, m, now), state, now)
+            if closes:
+                state["up"] = None
+                _flux_drive(core, core.upstream_closed(gen, 1000, "", now), state, now)
+
+
+@pytest.mark.parametrize("cut_ms", [700, 1200, 1600, 2000])
+def test_flux_checkpoints_carry_a_turn_in_progress_to_another_core(cut_ms: int) -> None:
+    """A Flux core loses its instance at ``cut_ms`` (inside the first turn: StartOfTurn and an
+    Update delivered, none ended; between turns; just after a StartOfTurn; after two Updates); a
+    fresh core takes over from the checkpoints with the client's last_seq: the client's messages,
+    both cores together, are one uninterrupted run: sequence_id/seq without repeats or holes, one
+    Connected, the reference's EndOfTurns, one StartOfTurn per turn."""
+    from streamproxy.session.flux import FluxSession
+    from tests.test_flux_core import reference, turns
+
+    audio = marker_audio(spaced_words(range(61, 65), word_ms=250, gap_ms=900, lead_ms=100), SR)
+    settings = SessionSettings(proxy_events=True, resume_grace_s=10.0, checkpoints=True, stall_timeout_s=1000)
+    fmt = AudioFormat("linear16", SR, 1)
+    a = FluxSession(fmt, settings, now=0.0, session_id="s1")
+    sa: dict[str, Any] = {"client": [], "records": []}
+    _flux_drive(a, a.start(0.0), sa, 0.0)
+    cut = SR * 2 * cut_ms // 1000
+    for i in range(0, cut, CHUNK):
+        _flux_drive(a, a.client_audio(audio[i : min(i + CHUNK, cut)], 0.1), sa, 0.1)
+    have = [m for m in sa["client"] if m.get("type") != "ProxyStatus"]
+    last_seq = max(m["proxy"]["seq"] for m in have)
+    ends = [m for m in have if m.get("event") == "EndOfTurn"]
+    offset = round(ends[-1]["audio_window_end"] * SR) * 2 if ends else 0
+
+    b = FluxSession(fmt, settings, now=1.0, session_id="s1")
+    sb: dict[str, Any] = {"client": [], "records": []}
+    _flux_drive(b, b.take_over(sa["records"], last_seq=last_seq, audio_offset=offset, now=1.0), sb, 1.0)
+    status = sb["client"].pop(0)
+    assert status["state"] == "resumed" and status["audio_bytes_received"] == offset
+    _flux_drive(b, b.start(1.0), sb, 1.0)
+    for i in range(offset, len(audio), CHUNK):
+        _flux_drive(b, b.client_audio(audio[i : i + CHUNK], 1.1), sb, 1.1)
+    _flux_drive(b, b.client_text('{"type":"CloseStream"}', 1.2), sb, 1.2)
+    msgs = have + [m for m in sb["client"] if m.get("type") != "ProxyStatus"]
+    assert [m["sequence_id"] for m in msgs] == list(range(len(msgs)))
+    assert [m["proxy"]["seq"] for m in msgs] == [m["sequence_id"] + 1 for m in msgs]
+    assert [m["type"] for m in msgs].count("Connected") == 1
+    assert turns(msgs) == turns(reference(audio, SR))
+    starts = [m["turn_index"] for m in msgs if m.get("event") == "StartOfTurn"]
+    assert starts == list(range(4))  # one StartOfTurn per turn, the open one's not repeated
+
+
 # ----------------------------------------------------------------------------- the built-in page
 async def test_page_in_chromium_resumes_on_the_other_instance(tmp_path: Path) -> None:
     """The built-in page, through the balancer, with Chromium's fake microphone playing marker

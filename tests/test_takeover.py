@@ -511,13 +511,14 @@ def _flux_drive(core: Any, actions: list[Any], state: dict[str, Any], now: float
                 _flux_drive(core, core.upstream_closed(gen, 1000, "", now), state, now)
 
 
-@pytest.mark.parametrize("cut_ms", [700, 1200, 1600, 2000])
-def test_flux_checkpoints_carry_a_turn_in_progress_to_another_core(cut_ms: int) -> None:
+@pytest.mark.parametrize(("cut_ms", "lacks_end"), [(700, 0), (1200, 0), (1600, 0), (2000, 0), (2400, 1), (2400, 2)])
+def test_flux_checkpoints_carry_a_turn_in_progress_to_another_core(cut_ms: int, lacks_end: int) -> None:
     """A Flux core loses its instance at ``cut_ms`` (inside the first turn: StartOfTurn and an
     Update delivered, none ended; between turns; just after a StartOfTurn; after two Updates); a
     fresh core takes over from the checkpoints with the client's last_seq: the client's messages,
     both cores together, are one uninterrupted run: sequence_id/seq without repeats or holes, one
-    Connected, the reference's EndOfTurns, one StartOfTurn per turn."""
+    Connected, the reference's EndOfTurns, one StartOfTurn per turn. ``lacks_end``: the client never
+    got the last (or last two) stored EndOfTurns (the instance died between store and send)."""
     from streamproxy.session.flux import FluxSession
     from tests.test_flux_core import reference, turns
 
@@ -531,6 +532,9 @@ def test_flux_checkpoints_carry_a_turn_in_progress_to_another_core(cut_ms: int) 
     for i in range(0, cut, CHUNK):
         _flux_drive(a, a.client_audio(audio[i : min(i + CHUNK, cut)], 0.1), sa, 0.1)
     have = [m for m in sa["client"] if m.get("type") != "ProxyStatus"]
+    if lacks_end:
+        eots = [i for i, m in enumerate(have) if m.get("event") == "EndOfTurn"]
+        have = have[: eots[-lacks_end]]
     last_seq = max(m["proxy"]["seq"] for m in have)
     ends = [m for m in have if m.get("event") == "EndOfTurn"]
     offset = round(ends[-1]["audio_window_end"] * SR) * 2 if ends else 0

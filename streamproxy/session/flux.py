@@ -24,8 +24,8 @@ from ..deepgram.flux import error_message as flux_error
 from ..deepgram.flux import warning_message
 from ..deepgram.messages import CLOSE_STREAM
 from ..deepgram.validate import flux_problem
-from .checkpoint import Checkpoint
-from .core import Action, Count, Counter, Final, Latency, Observe, SendUpstream, Session
+from .checkpoint import Checkpoint, CheckpointError, restart_point
+from .core import Action, Count, Counter, Final, Latency, Observe, ResumeError, SendUpstream, Session
 
 FORCE_END_TURN = '{"type":"ForceEndTurn"}'
 
@@ -102,13 +102,24 @@ class FluxSession(Session):
         replacement reproduces them (the same audio from the same point), so they are numbered
         again from that ``EndOfTurn`` on, as they first were, and those the client has (``seq`` up
         to its ``last_seq``) are not sent again: one ``StartOfTurn`` per turn, ``sequence_id`` and
-        ``seq`` without repeats or holes. (A client that lacks finals gets them from the store,
-        as on v1.)"""
+        ``seq`` without repeats or holes. A client that lacks the latest ``EndOfTurn`` s (stored,
+        then the instance died before they went out) restarts at the last one it has, like the
+        turn in progress: the replacement says the turns it lacks again (on v1 the store re-sends
+        them and the exactly-once filter drops the recogniser's repetition; Flux has no such
+        filter, and the stored ``EndOfTurn`` alone would lack its ``StartOfTurn``)."""
+        missed = next((i for i, r in enumerate(records) if r.text is not None and r.seq > last_seq), None)
+        if missed is not None:
+            try:
+                restart_point(records, last_seq)  # refuses a client further behind than what is held
+            except CheckpointError as e:
+                raise ResumeError(str(e)) from None
+            configure = records[-1].configure
+            records = records[:missed]
         out = super().take_over(records, last_seq, audio_offset, now)
+        if missed is not None:
+            self._configure_latest = configure
         finals = [r for r in records if r.text is not None]
         base = finals[-1] if finals else None
-        if base is not None and base.seq > last_seq:
-            return out
         if base is None:
             self.outbox.seq = self._next_sequence_id = self.turns_ended = 0
             self._connected_sent = False  # the replacement's Connected is the client's first message again

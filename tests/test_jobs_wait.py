@@ -76,3 +76,51 @@ async def test_without_events_the_fallback_poll_still_ends_the_wait(tmp_path: Pa
         finally:
             await w.stop()
             await jq.close()
+
+
+async def test_submit_is_one_multi_and_survives_a_script_flush(tmp_path: Path) -> None:
+    """submit stores the audio and adds the job in one MULTI (a plain EVALSHA of bullmq's
+    addStandardJob): the job is a BullMQ job like Queue.add's (waiting, its data and options, the
+    audio beside it with its TTL), also after Redis lost its scripts (NOSCRIPT: loaded, sent again),
+    and a worker completes it."""
+    import redis.asyncio as aioredis
+    from bullmq import Job
+
+    prefix = unique_prefix()
+    async with redis_server(tmp_path / "redis") as rs, engine("marker") as eport:
+        jq = _queue(rs.url, prefix)
+        admin = aioredis.from_url(rs.url)
+        try:
+            await jq.submit(params={}, mode="async", audio=AUDIO)  # a fresh Redis: NOSCRIPT, loaded
+            await admin.config_resetstat()
+            first = await jq.submit(params={"model": "nova-3"}, mode="async", audio=AUDIO)
+            stats = await admin.info("commandstats")
+            assert stats["cmdstat_exec"]["calls"] == 1 and stats["cmdstat_evalsha"]["calls"] == 1, stats
+            assert not any(k.startswith("cmdstat_script") for k in stats), stats  # no SCRIPT EXISTS
+            await admin.script_flush()
+            await admin.config_resetstat()
+            second = await jq.submit(params={}, mode="async", audio=AUDIO)
+            stats = await admin.info("commandstats")
+            assert stats["cmdstat_exec"]["calls"] == 2 and stats["cmdstat_script|load"]["calls"] == 1, stats
+            for job_id in (first, second):
+                assert await jq.transcribe.getJobState(job_id) == "waiting"
+                job = await Job.fromId(jq.transcribe, job_id)
+                assert job is not None and job.name == "transcribe"
+                assert job.data["audio_key"] == jq.keys.audio(job_id) and job.data["bytes"] == len(AUDIO)
+                assert job.opts["attempts"] == jq.cfg.attempts
+                assert await admin.get(jq.keys.audio(job_id)) == AUDIO
+                assert 0 < await admin.ttl(jq.keys.audio(job_id)) <= jq.cfg.result_ttl_s
+            assert (await jq.status(first) or {}).get("state") == "waiting"
+            w = await start_worker(
+                write_config(tmp_path / "w.toml", queue_sections(rs.url, prefix, f"ws://127.0.0.1:{eport}"))
+            )
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*(jq.wait(j, 60) for j in (first, second))), 30)
+            finally:
+                await w.stop()
+            for st in done:
+                assert st is not None and st["state"] == "completed", st
+                assert words_of(st["result"]) == ["w31", "w32"]
+        finally:
+            await admin.aclose()
+            await jq.close()

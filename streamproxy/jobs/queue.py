@@ -42,6 +42,8 @@ from typing import Any
 
 import orjson
 from bullmq import Job, Queue, QueueEvents
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from ..config import Config, QueueConfig, resolve_data_dir
 from ..redisconn import bullmq_client, bullmq_connection, connect, ping
@@ -303,10 +305,7 @@ class JobQueue:
         job_id = str(uuid.uuid4())
         data: dict[str, Any] = {"params": dict(params), "mode": mode, "submitted_at": time.time()}
         if audio is not None:
-            key = self.keys.audio(job_id)
-            # Outlive the job's whole life (queue wait + retries); deleted when the job finishes.
-            await self.raw.set(key, audio, ex=self.cfg.result_ttl_s)
-            data["audio_key"] = key
+            data["audio_key"] = self.keys.audio(job_id)
             data["bytes"] = len(audio)
         elif url is not None:
             data["url"] = url
@@ -319,14 +318,56 @@ class JobQueue:
             data["duration_s"] = round(duration_s, 3)
         if owner:
             data["owner"] = owner
+        opts = job_options(self.cfg, job_id)
+        if audio is not None and not isinstance(self.text, RedisCluster):
+            await self._add_with_audio(data, opts, audio)
+            return job_id
+        if audio is not None:
+            # Outlive the job's whole life (queue wait + retries); deleted when the job finishes.
+            await self.raw.set(data["audio_key"], audio, ex=self.cfg.result_ttl_s)
         try:
-            await self.transcribe.add(JOB_NAME, data, job_options(self.cfg, job_id))
+            await self.transcribe.add(JOB_NAME, data, opts)
         except BaseException:
             if audio is not None:
                 with contextlib.suppress(Exception):
-                    await self.raw.delete(self.keys.audio(job_id))
+                    await self.raw.delete(data["audio_key"])
             raise
         return job_id
+
+    async def _add_with_audio(self, data: dict[str, Any], opts: dict[str, Any], audio: bytes) -> None:
+        """The audio's SET and BullMQ's ``addStandardJob`` in one MULTI: one round trip, and no job
+        without its audio (or audio without its job) whatever fails.
+
+        The script runs as a plain EVALSHA in the MULTI: a redis-py pipeline given a ``Script``
+        first asks ``SCRIPT EXISTS`` (a round trip of its own). Keys and arguments are bullmq's
+        (``Scripts.addStandardJob``: the same job hash, events and markers as ``Queue.add``); a
+        Redis that lost its scripts (restart, SCRIPT FLUSH) answers NOSCRIPT, then the script is
+        loaded and the MULTI sent again (its SET is idempotent).
+        """
+        scripts = self.transcribe.scripts
+        job = Job(self.transcribe, JOB_NAME, data, {**self.transcribe.jobsOpts, **opts})
+        keys = scripts.getKeys(
+            ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker"]
+        )  # as Scripts.addStandardJob
+        args = [*scripts.addJobArgs(job), job.timestamp]
+        script = scripts.commands["addStandardJob"]
+        for attempt in (1, 2):
+            pipe = self.text.pipeline(transaction=True)
+            # Outlive the job's whole life (queue wait + retries); deleted when the job finishes.
+            pipe.set(data["audio_key"], audio, ex=self.cfg.result_ttl_s)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                _, result = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.text.script_load(script.script)
+                continue
+            if isinstance(result, int) and result < 0:
+                with contextlib.suppress(Exception):
+                    await self.raw.delete(data["audio_key"])
+                raise scripts.finishedErrors({"code": result, "parentKey": None, "command": "addJob"})
+            return
 
     async def _job(self, job_id: str, owner: str | None) -> Job | None:
         if not is_job_id(job_id):

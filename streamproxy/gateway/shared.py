@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from ..config import Config
 from ..redisconn import connect
@@ -163,6 +164,9 @@ class SharedSessions:
         # A script awaited on its own goes as EVALSHA (loaded on first use, and again after a Redis
         # restart); pipelined, as EVAL.
         self._scripts = {src: redis.register_script(src) for src in (_SAVE_LUA, _LETGO_LUA)}
+        self._sha = {src: hashlib.sha1(src.encode()).hexdigest() for src in self._scripts}
+        pool = getattr(redis, "connection_pool", None)  # None: a RedisCluster
+        self._conn: Any = pool.make_connection() if pool is not None else None
         self._claim = redis.register_script(_CLAIM_LUA)
 
     # ------------------------------------------------------------------ keys
@@ -199,6 +203,9 @@ class SharedSessions:
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.redis.delete(self.alive_key(self.instance))
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -265,8 +272,7 @@ class SharedSessions:
                 async with asyncio.timeout(5.0):
                     alone = batch[0]
                     if len(batch) == 1 and alone.script is not None:
-                        # Alone (the common case): one EVALSHA, no pipeline to build and unpack.
-                        results = [await self._scripts[alone.script](keys=alone.keys, args=alone.args)]
+                        results = [await self._alone(alone.script, alone.keys, alone.args)]
                         ok = True
                     else:
                         results, ok = await self._pipelined(batch)
@@ -280,6 +286,26 @@ class SharedSessions:
                     w.fut.set_result(ok)
                 if ok and w.then is not None:
                     w.then(results[k])
+
+    async def _alone(self, script: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """One write on its own (the common case: a final): one EVALSHA. On a single Redis it goes
+        over the writer's own connection, which costs about a third less CPU than a pooled
+        command (no pool checkout, no per-command bookkeeping); a cluster routes it by slot."""
+        conn = self._conn
+        if conn is None:
+            return await self._scripts[script](keys=keys, args=args)
+        for attempt in (0, 1):
+            try:
+                await conn.send_command("EVALSHA", self._sha[script], len(keys), *keys, *args)
+                return await conn.read_response()
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.redis.script_load(script)  # a restarted (or flushed) Redis
+            except BaseException:
+                await conn.disconnect()  # reconnects on the next write
+                raise
+        raise AssertionError("unreachable")
 
     async def _pipelined(self, batch: list[_Write]) -> tuple[list[Any], bool]:
         """Several writes in one round trip; scripts go as EVAL (Redis caches them compiled), so

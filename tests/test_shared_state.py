@@ -1,0 +1,65 @@
+"""The shared session store's writer against a real, private redis-server: what it writes per
+final, and that it recovers on its own from what a production Redis does to it (scripts flushed,
+the server restarted). Bad input tried: a Redis that forgot its scripts (SCRIPT FLUSH), a Redis
+that is down, then back on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from streamproxy.gateway.shared import SharedSessions
+from streamproxy.session.checkpoint import Checkpoint
+from tests.helpers.jobs import redis_server
+
+
+def _record(seq: int) -> Checkpoint:
+    return Checkpoint(seq, (seq - 1) * 3200, seq * 3200, {0: seq * 1600}, seq - 1, f'{{"seq": {seq}}}')
+
+
+async def _stored(client: aioredis.Redis, shared: SharedSessions, sid: str) -> list[int]:
+    return [Checkpoint.loads(raw).seq for raw in await client.lrange(shared.ckey(sid), 0, -1)]
+
+
+async def test_checkpoints_survive_a_script_flush_and_a_redis_restart(tmp_path: Path) -> None:
+    async with redis_server(tmp_path / "redis") as rs:
+        client = aioredis.from_url(rs.url)
+        shared = SharedSessions(
+            aioredis.from_url(rs.url, socket_timeout=2.0), prefix="{t}", resume_grace_s=30, release_timeout_s=1
+        )
+        shared.start()
+        try:
+            shared.opened("s1", owner="key-1", protocol="v1", query="encoding=linear16")
+            for seq in (1, 2):
+                gate = shared.save("s1", _record(seq))
+                assert gate is not None and await gate is True  # a final waits for its checkpoint
+            assert await _stored(client, shared, "s1") == [1, 2]
+
+            await client.script_flush()  # Redis forgot the scripts: the next write loads them again
+            gate = shared.save("s1", _record(3))
+            assert gate is not None and await gate is True
+            assert await _stored(client, shared, "s1") == [1, 2, 3]
+
+            rs.stop()  # down: the write fails, is counted, and later finals are not held back
+            gate = shared.save("s1", _record(4))
+            assert gate is not None and await gate is False
+            assert shared.writes_failed == 1 and not shared.healthy
+            assert shared.save("s1", _record(5)) is None  # unhealthy: not gated
+            await asyncio.sleep(0.2)
+
+            await rs.start()  # back (append-only: the records are still there); the writer reconnects
+            for seq in (6, 7):
+                gate = shared.save("s1", _record(seq))
+                if gate is not None:
+                    assert await gate is True
+                await asyncio.sleep(0.05)
+            assert shared.healthy
+            await client.aclose()
+            client = aioredis.from_url(rs.url)  # this test's own connection died with the server
+            assert (await _stored(client, shared, "s1"))[-1] == 7
+            assert 4 not in await _stored(client, shared, "s1")
+        finally:
+            await shared.close()
+            await client.aclose()

@@ -176,6 +176,16 @@ def test_no_prompt_carry_over(pool: DecodePool, real: dict[str, tuple[np.ndarray
     print("\nwith the prompt:", " ".join(w.word for w in prompted if w.start >= start_b - 0.1))
 
 
+def test_stream_closed_right_after_speech(pool: DecodePool, real: dict[str, tuple[np.ndarray, str]]) -> None:
+    """A stream closed 0.2 s after its last word (the real set's "five five" file, as ``streamproxy
+    eval`` sends it) is decoded with an endpoint's silent tail: without it Whisper's no-speech gate
+    (no-speech probability 0.61, log-probability -1.08) dropped the whole utterance."""
+    audio, _ = real["cards-004"]
+    finals = stream(pool, audio)
+    assert [w.word for w in words_of(finals)] == ["five", "five"], finals
+    assert finals[-1].from_finalize and finals[-1].end == pytest.approx(audio.size / SR)
+
+
 def test_voiced_words_gate() -> None:
     """A word whose middle is past the last voiced window (Whisper's "okay" in the silent tail) is
     dropped; a word with coarse edges but a voiced middle is kept."""

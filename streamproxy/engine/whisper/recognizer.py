@@ -3,8 +3,8 @@
 * speech starts at a window with probability >= 0.5 and ends after ``endpointing`` ms below 0.35;
 * each utterance is decoded once when it ends, with word timestamps, and sent as one final with
   ``speech_final: true`` (one closed by ``Finalize``/``CloseStream`` right after its last word is
-  decoded with the same 0.3 s tail, as digital silence); an utterance reaching 25 s is cut at its quietest point so the decode
-  window is never exceeded and the proxy's replay buffer stays bounded;
+  decoded with the same 0.3 s tail, as digital silence); an utterance reaching 25 s is cut at its
+  quietest point so the decode window is never exceeded and the proxy's replay buffer stays bounded;
 * over non-speech an empty final is sent every ~3 s (as the pocketsphinx kind does), never past
   the VAD pre-roll, so the proxy sees regular acknowledgements and releases its buffer;
 * interim results (optional, ``interim_every_s`` > 0 and ``interim_results=true``) re-decode the

@@ -2,8 +2,9 @@
 
 * speech starts at a window with probability >= 0.5 and ends after ``endpointing`` ms below 0.35;
 * each utterance is decoded once when it ends, with word timestamps, and sent as one final with
-  ``speech_final: true``; an utterance reaching 25 s is cut at its quietest point so the decode
-  window is never exceeded and the proxy's replay buffer stays bounded;
+  ``speech_final: true`` (one closed by ``Finalize``/``CloseStream`` right after its last word is
+  decoded with the same 0.3 s tail, as digital silence); an utterance reaching 25 s is cut at its
+  quietest point so the decode window is never exceeded and the proxy's replay buffer stays bounded;
 * over non-speech an empty final is sent every ~3 s (as the pocketsphinx kind does), never past
   the VAD pre-roll, so the proxy sees regular acknowledgements and releases its buffer;
 * interim results (optional, ``interim_every_s`` > 0 and ``interim_results=true``) re-decode the
@@ -159,7 +160,11 @@ class WhisperRecognizer:
         end = self._audio.end
         words: list[Word] = []
         if self._in_speech:
-            words = self._decode_utt(self._utt_start, end, end)
+            # A stream closed right after its last word has no tail of silence: pad the decode with
+            # the tail an endpointed utterance gets (Whisper's no-speech gate dropped a clipped
+            # "five five" on the real-speech set without it).
+            pad = max(0, self._last_voiced + self._tail - end)
+            words = self._decode_utt(self._utt_start, end, end, pad=pad)
             self._in_speech = False
         self._emit(end, words, speech_final=False, from_finalize=True, out=out)
         return out
@@ -252,10 +257,13 @@ class WhisperRecognizer:
         if words:
             out.append(self._result(now, words, is_final=False, speech_final=False, from_finalize=False))
 
-    def _decode_utt(self, a: int, b: int, hi: int) -> list[Word]:
+    def _decode_utt(self, a: int, b: int, hi: int, *, pad: int = 0) -> list[Word]:
+        """Decode ``[a, b)``, with ``pad`` samples of digital silence after it (not yet received)."""
         audio = self._audio.slice(a, b)
         if audio.size < VAD_WINDOW:
             return []
+        if pad > 0:
+            audio = np.concatenate([audio, np.zeros(pad, dtype=np.float32)])
         decoded = self._pool.decode(audio, self._prompt_text(), self._options)
         words = to_words(decoded, a, self._final_end, hi, self._onset - VAD_WINDOW, fmt=self._fmt)
         if decoded and self._gates.prompt:

@@ -161,19 +161,34 @@ def test_short_utterances_then_silence_insert_nothing(
 
 
 def test_no_prompt_carry_over(pool: DecodePool, real: dict[str, tuple[np.ndarray, str]]) -> None:
-    """An utterance gets the same words whatever was said before it: with the previous utterance's
-    text as the prompt (the old behaviour) "ill disposed" became "old sposed" after a sentence that
-    ended in it; now each utterance is decoded on its own."""
+    """An utterance gets the same words whatever was said before it. The same sentence follows four
+    different utterances of one length (so it meets the VAD grid at the same phase): with the
+    previous utterance's text as the prompt (the old behaviour) its last words change with what
+    came before (measured: "old sposed" after librivox-0880, "ill disposed" after the others); now
+    each utterance is decoded on its own and the four agree. The words themselves are not pinned:
+    tiny.en's choice between the two readings differs across CPUs (CI saw "old sposed")."""
     a, _ = real["librivox-0880"]
     b, ref_b = real["librivox-0890"]
     gap = np.zeros(SR, "<i2")
-    alone = [w.word for w in words_of(stream(pool, np.concatenate([gap, b, gap])))]
-    after = words_of(stream(pool, np.concatenate([gap, a, gap, b, gap])))
+    before = {
+        "librivox-0880": a,
+        "librivox-0880 reversed": a[::-1].copy(),
+        "librivox-0870": real["librivox-0870"][0][: a.size],
+        "beckett": real["beckett"][0][: a.size],
+    }
+    assert all(x.size == a.size for x in before.values())
     start_b = (2 * SR + a.size) / SR
-    assert [w.word for w in after if w.start >= start_b - 0.1] == alone
-    assert alone[-2:] == ["ill", "disposed"] and text_eval.score(ref_b, " ".join(alone)).wer <= 0.15, alone
-    prompted = words_of(stream(pool, np.concatenate([gap, a, gap, b, gap]), gates=Gates(prompt=True, vad_words=False)))
-    print("\nwith the prompt:", " ".join(w.word for w in prompted if w.start >= start_b - 0.1))
+
+    def b_words(prev: np.ndarray, **kw: Any) -> list[str]:
+        ws = words_of(stream(pool, np.concatenate([gap, prev, gap, b, gap]), **kw))
+        return [w.word for w in ws if w.start >= start_b - 0.1]
+
+    got = {name: b_words(prev) for name, prev in before.items()}
+    assert len({tuple(v) for v in got.values()}) == 1, got
+    words = next(iter(got.values()))
+    assert text_eval.score(ref_b, " ".join(words)).wer <= 0.15, words
+    prompted = {name: " ".join(b_words(prev, gates=Gates(prompt=True, vad_words=False))) for name, prev in before.items()}
+    print("\nwith the prompt:", prompted)
 
 
 def test_stream_closed_right_after_speech(pool: DecodePool, real: dict[str, tuple[np.ndarray, str]]) -> None:

@@ -1,11 +1,14 @@
 """The shared session store's writer against a real, private redis-server: what it writes per
 final, and that it recovers on its own from what a production Redis does to it (scripts flushed,
 the server restarted). Bad input tried: a Redis that forgot its scripts (SCRIPT FLUSH), a Redis
-that is down, then back on the same port."""
+that is down, then back on the same port; a Redis that stops answering (SIGSTOP) with writes in
+flight."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -61,5 +64,50 @@ async def test_checkpoints_survive_a_script_flush_and_a_redis_restart(tmp_path: 
             assert (await _stored(client, shared, "s1"))[-1] == 7
             assert 4 not in await _stored(client, shared, "s1")
         finally:
+            await shared.close()
+            await client.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_the_writes_in_flight_then_recovers(tmp_path: Path) -> None:
+    """Writes go out on the store's own connection the moment they are made; a Redis that stops
+    answering (frozen with SIGSTOP, its socket still open) must not hold them forever: after the
+    write timeout they are failed and counted, finals are no longer gated, and once Redis answers
+    again the connection is reopened and writes are stored."""
+    async with redis_server(tmp_path / "redis") as rs:
+        client = aioredis.from_url(rs.url)
+        shared = SharedSessions(
+            aioredis.from_url(rs.url, socket_timeout=2.0),
+            prefix="{t}",
+            resume_grace_s=30,
+            release_timeout_s=1,
+            write_timeout_s=1.0,
+        )
+        shared.start()
+        assert rs.proc is not None
+        try:
+            shared.opened("s1", owner="key-1", protocol="v1", query="")
+            gate = shared.save("s1", _record(1))
+            assert gate is not None and await gate is True
+
+            os.kill(rs.proc.pid, signal.SIGSTOP)
+            gates = [shared.save("s1", _record(seq)) for seq in (2, 3, 4)]
+            assert all(g is not None for g in gates)
+            assert [await asyncio.wait_for(g, 5) for g in gates if g is not None] == [False] * 3
+            assert shared.writes_failed == 3 and not shared.healthy
+            assert shared.save("s1", _record(5)) is None  # unhealthy: the final is not held back
+
+            os.kill(rs.proc.pid, signal.SIGCONT)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                gate = shared.save("s1", _record(99))
+                if gate is not None and await gate:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "writes never recovered"
+                await asyncio.sleep(0.2)
+            stored = await _stored(client, shared, "s1")
+            assert stored[0] == 1 and stored[-1] == 99
+        finally:
+            if rs.proc is not None:
+                os.kill(rs.proc.pid, signal.SIGCONT)
             await shared.close()
             await client.aclose()

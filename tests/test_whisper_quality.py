@@ -187,7 +187,9 @@ def test_no_prompt_carry_over(pool: DecodePool, real: dict[str, tuple[np.ndarray
     assert len({tuple(v) for v in got.values()}) == 1, got
     words = next(iter(got.values()))
     assert text_eval.score(ref_b, " ".join(words)).wer <= 0.15, words
-    prompted = {name: " ".join(b_words(prev, gates=Gates(prompt=True, vad_words=False))) for name, prev in before.items()}
+    prompted = {
+        name: " ".join(b_words(prev, gates=Gates(prompt=True, vad_words=False))) for name, prev in before.items()
+    }
     print("\nwith the prompt:", prompted)
 
 

@@ -12,10 +12,12 @@ instance stops refreshing it) and ``{P:i:<instance>}:inbox`` (where another inst
 let a session go). Both session keys expire ``resume_grace_s`` + ``TTL_MARGIN_S`` after their last
 refresh.
 
-Every write goes through one writer task that batches what is due into one pipeline: nothing
-here is awaited on the audio path, and a failed write is logged and counted, never raised into a
-session. A checkpoint's write also gives the runner a future, so a final reaches the client after
-its checkpoint is stored (bounded by ``GATE_S``; while Redis fails, finals are not held at all).
+Every write is one Lua script, and nothing here is awaited on the audio path: on a single Redis
+it is written to a dedicated connection at once, from the caller, and its reply (in order, read by
+one task) settles it (:class:`_Pipe`); on a cluster, or while that connection is down, one writer
+task batches what is due into one pipeline. A failed write is logged and counted, never raised
+into a session. A checkpoint's write also gives the runner a future, so a final reaches the client
+after its checkpoint is stored (bounded by ``GATE_S``; while Redis fails, finals are not held at all).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import orjson
-from redis.exceptions import NoScriptError
 
 from ..config import Config
 from ..redisconn import connect
@@ -59,6 +62,13 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+# KEYS: hash, list. ARGV: me, meta, ttl_ms. A new session (or one resumed here): no checkpoints yet.
+_OPEN_LUA = """
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'holder', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 # KEYS: hash, list. ARGV: me, what holder becomes ("" = let go; absent = delete the session).
@@ -117,20 +127,100 @@ class TakeoverBusy(Exception):
     """Another instance took the session over meanwhile."""
 
 
-Op = Callable[[Any], None]
-
-
 @dataclass(slots=True)
 class _Write:
-    """One queued write: a Lua ``script`` with its keys and arguments, or plain commands that
-    ``build`` adds to a pipeline; ``then`` gets its reply, ``fut`` (a gated final) its outcome."""
+    """One write: a Lua ``script`` with its keys and arguments; ``then`` gets its reply, ``fut``
+    (a gated final) whether it was stored."""
 
-    script: str | None = None
-    keys: tuple[str, ...] = ()
-    args: tuple[Any, ...] = ()
-    build: Op | None = None
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
     then: Callable[[Any], None] | None = None
     fut: asyncio.Future[bool] | None = None
+
+    def settle(self, ok: bool, result: Any) -> None:
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result(ok)
+        if ok and self.then is not None:
+            self.then(result)
+
+
+class _Pipe(asyncio.Protocol):
+    """Writes on one dedicated connection, sent from the caller the moment they are made and
+    settled in order straight from the socket's data callback (hiredis parses the replies): no
+    task hop, no per-command timeout, no stream reader between a session and Redis. Through
+    redis-py's client those were most of a write's CPU. redis-py still opens the connection (TLS,
+    AUTH, SELECT); the pipe then takes its transport over. A write unanswered after ``stuck_s``
+    breaks the connection; a broken one fails what is in flight and is reopened by :meth:`ensure`."""
+
+    def __init__(self, conn: Any, stuck_s: float) -> None:
+        self.conn = conn
+        self.stuck_s = stuck_s
+        self.inflight: deque[tuple[_Write, float]] = deque()
+        self.on_reply: Callable[[bool], None] = lambda ok: None
+        self.on_error: Callable[[BaseException], None] = lambda e: None
+        self._transport: asyncio.Transport | None = None
+        self._parser = hiredis.Reader()
+        self._opening: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._transport is not None
+
+    def send(self, w: _Write) -> None:
+        assert self._transport is not None
+        self._transport.write(hiredis.pack_command(("EVAL", w.script, len(w.keys), *w.keys, *w.args)))
+        self.inflight.append((w, time.monotonic()))
+
+    def ensure(self) -> None:
+        """Reopen a broken connection in the background; break a stuck one."""
+        if self._transport is not None and self.inflight and time.monotonic() - self.inflight[0][1] > self.stuck_s:
+            self.on_error(TimeoutError(f"no reply from Redis within {self.stuck_s:g} s"))
+            self._transport.abort()  # connection_lost fails what is in flight
+        if self._transport is None and (self._opening is None or self._opening.done()):
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        try:
+            await self.conn.disconnect(nowait=True)  # forget a transport taken over earlier
+            await self.conn.connect()
+            transport = self.conn._writer.transport
+        except Exception as e:
+            self.on_error(e)
+            return
+        self._parser = hiredis.Reader()
+        transport.set_protocol(self)
+        self._transport = transport
+
+    # asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        while (reply := self._parser.gets()) is not False:
+            if not self.inflight:  # a reply nobody asked for: the stream cannot be trusted
+                self.on_error(RuntimeError("unexpected reply from Redis"))
+                if self._transport is not None:
+                    self._transport.abort()
+                return
+            w, _ = self.inflight.popleft()
+            ok = not isinstance(reply, Exception)
+            w.settle(ok, reply)
+            self.on_reply(ok)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        failed = list(self.inflight)
+        self.inflight.clear()
+        if exc is not None:
+            self.on_error(exc)
+        for w, _ in failed:
+            w.settle(False, None)
+            self.on_reply(False)
+
+    async def close(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+        if self._transport is not None:
+            self._transport.close()
 
 
 class SharedSessions:
@@ -144,16 +234,19 @@ class SharedSessions:
         resume_grace_s: float,
         release_timeout_s: float,
         instance: str | None = None,
+        write_timeout_s: float = 5.0,
     ) -> None:
         self.redis = redis
         self.p = prefix.strip("{}") or "streamproxy"
         self.instance = instance or uuid.uuid4().hex[:12]
         self.ttl_ms = int((resume_grace_s + TTL_MARGIN_S) * 1000)
         self.release_timeout_s = release_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.healthy = True  # the last write batch succeeded: finals wait for their checkpoints
         self.writes_failed = 0
         self.writes_dropped = 0
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._writer_busy = False
         self._tasks: list[asyncio.Task[None]] = []
         self._last_error_log = 0.0
         # Set by the gateway: let a local session go (asked by another instance), and end a local
@@ -161,12 +254,14 @@ class SharedSessions:
         self.on_release: Callable[[str], None] = lambda sid: None
         self.on_lost: Callable[[str], None] = lambda sid: None
         self.held: Callable[[], Iterable[str]] = lambda: ()
-        # A script awaited on its own goes as EVALSHA (loaded on first use, and again after a Redis
-        # restart); pipelined, as EVAL.
-        self._scripts = {src: redis.register_script(src) for src in (_SAVE_LUA, _LETGO_LUA)}
-        self._sha = {src: hashlib.sha1(src.encode()).hexdigest() for src in self._scripts}
-        pool = getattr(redis, "connection_pool", None)  # None: a RedisCluster
-        self._conn: Any = pool.make_connection() if pool is not None else None
+        pool = getattr(redis, "connection_pool", None)  # None: a RedisCluster (slots: the pipeline path)
+        self._pipe: _Pipe | None = None
+        if pool is not None:
+            # The pipe's own deadline replaces redis-py's per-command socket timeout.
+            conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            self._pipe = _Pipe(conn, stuck_s=write_timeout_s)
+            self._pipe.on_reply = self._replied
+            self._pipe.on_error = lambda e: self._failed("write", e)
         self._claim = redis.register_script(_CLAIM_LUA)
 
     # ------------------------------------------------------------------ keys
@@ -186,6 +281,8 @@ class SharedSessions:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(t) for t in (self._writer(), self._heartbeat(), self._inbox())]
+        if self._pipe is not None:
+            self._pipe.ensure()
 
     async def close(self) -> None:
         # A cancel can be swallowed (Python 3.11's wait_for when the inner call completes at the
@@ -203,9 +300,8 @@ class SharedSessions:
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.redis.delete(self.alive_key(self.instance))
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
+        if self._pipe is not None:
+            await self._pipe.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -220,24 +316,30 @@ class SharedSessions:
 
     # ------------------------------------------------------------------ writes (never awaited by sessions)
     def _submit(self, w: _Write, *, gate: bool = False) -> asyncio.Future[bool] | None:
-        if self._queue.qsize() >= MAX_PENDING:
+        pipe = self._pipe
+        # The pipe only while the pipeline path is idle: one session's writes must stay in order.
+        direct = pipe if pipe is not None and pipe.up and not self._writer_busy and self._queue.empty() else None
+        if (len(direct.inflight) if direct is not None else self._queue.qsize()) >= MAX_PENDING:
             self.writes_dropped += 1
             return None
         if gate:
             w.fut = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(w)
+        if direct is not None:
+            direct.send(w)
+        else:
+            self._queue.put_nowait(w)
         return w.fut if self.healthy else None
+
+    def _replied(self, ok: bool) -> None:
+        if not ok:
+            self.writes_failed += 1
+        self.healthy = ok
 
     def opened(self, sid: str, *, owner: str, protocol: str, query: str) -> None:
         meta = orjson.dumps({"owner": owner_hash(owner), "protocol": protocol, "query": query})
         s, c, ttl = self.skey(sid), self.ckey(sid), self.ttl_ms
 
-        def build(pipe: Any) -> None:
-            pipe.delete(c)
-            pipe.hset(s, mapping={"meta": meta, "holder": self.instance})
-            pipe.pexpire(s, ttl)
-
-        self._submit(_Write(build=build))
+        self._submit(_Write(_OPEN_LUA, (s, c), (self.instance, meta, ttl)))
 
     def save(self, sid: str, record: Checkpoint) -> asyncio.Future[bool] | None:
         """Append a checkpoint; the future (None: do not wait) resolves once it is stored."""
@@ -262,70 +364,37 @@ class SharedSessions:
         self._submit(_Write(_LETGO_LUA, (s, c), (self.instance,)))
 
     async def _writer(self) -> None:
+        """The pipeline path: a cluster's writes, and a single Redis's while its pipe is down."""
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 1000:
                 batch.append(self._queue.get_nowait())
+            self._writer_busy = True
             ok = False
             results: list[Any] = []
             try:
-                async with asyncio.timeout(5.0):
-                    alone = batch[0]
-                    if len(batch) == 1 and alone.script is not None:
-                        results = [await self._alone(alone.script, alone.keys, alone.args)]
-                        ok = True
-                    else:
-                        results, ok = await self._pipelined(batch)
+                async with asyncio.timeout(self.write_timeout_s):
+                    results, ok = await self._pipelined(batch)
             except (Exception, TimeoutError) as e:
                 self._failed("write", e)
+            finally:
+                self._writer_busy = False
             if not ok:
                 self.writes_failed += len(batch)
             self.healthy = ok
             for k, w in enumerate(batch):
-                if w.fut is not None and not w.fut.done():
-                    w.fut.set_result(ok)
-                if ok and w.then is not None:
-                    w.then(results[k])
-
-    async def _alone(self, script: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """One write on its own (the common case: a final): one EVALSHA. On a single Redis it goes
-        over the writer's own connection, which costs about a third less CPU than a pooled
-        command (no pool checkout, no per-command bookkeeping); a cluster routes it by slot."""
-        conn = self._conn
-        if conn is None:
-            return await self._scripts[script](keys=keys, args=args)
-        for attempt in (0, 1):
-            try:
-                await conn.send_command("EVALSHA", self._sha[script], len(keys), *keys, *args)
-                return await conn.read_response()
-            except NoScriptError:
-                if attempt:
-                    raise
-                await self.redis.script_load(script)  # a restarted (or flushed) Redis
-            except BaseException:
-                await conn.disconnect()  # reconnects on the next write
-                raise
-        raise AssertionError("unreachable")
+                w.settle(ok, results[k] if ok else None)
+            if self._pipe is not None:
+                self._pipe.ensure()
 
     async def _pipelined(self, batch: list[_Write]) -> tuple[list[Any], bool]:
-        """Several writes in one round trip; scripts go as EVAL (Redis caches them compiled), so
-        a restarted Redis needs no reload. Returns each write's last reply, and whether all worked."""
+        """Several writes in one round trip, as EVAL (Redis caches the scripts compiled, so a
+        restarted Redis needs no reload). Returns each write's reply, and whether all worked."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            counts = []
             for w in batch:
-                before = len(pipe)
-                if w.script is not None:
-                    pipe.eval(w.script, len(w.keys), *w.keys, *w.args)
-                elif w.build is not None:
-                    w.build(pipe)
-                counts.append(len(pipe) - before)
+                pipe.eval(w.script, len(w.keys), *w.keys, *w.args)
             raw = await pipe.execute(raise_on_error=False)
-        results: list[Any] = []
-        i = 0
-        for n in counts:  # each write's last reply is its result
-            results.append(raw[i + n - 1] if n else None)
-            i += n
-        return results, not any(isinstance(r, Exception) for r in raw)
+        return raw, not any(isinstance(r, Exception) for r in raw)
 
     async def _heartbeat(self) -> None:
         beats = 0
@@ -343,6 +412,8 @@ class SharedSessions:
             except (Exception, TimeoutError) as e:
                 self._failed("heartbeat", e)
             beats += 1
+            if self._pipe is not None:
+                self._pipe.ensure()
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _inbox(self) -> None:

@@ -104,7 +104,8 @@ def main() -> None:
     for label, tree in trees:
         cmd = [sys.executable, __file__, "--json", "--redis", args.redis, "--sessions", str(args.sessions)]
         cmd += ["--seconds", str(args.seconds), "--rounds", str(args.rounds)]
-        out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True, text=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{label:>7}: {rows[label]['per_write_us']:.1f} us per write", flush=True)
     if "before" in rows:

@@ -13,11 +13,12 @@ let a session go). Both session keys expire ``resume_grace_s`` + ``TTL_MARGIN_S`
 refresh.
 
 Every write is one Lua script, and nothing here is awaited on the audio path: on a single Redis
-it is written to a dedicated connection at once, from the caller, and its reply (in order, read by
-one task) settles it (:class:`_Pipe`); on a cluster, or while that connection is down, one writer
-task batches what is due into one pipeline. A failed write is logged and counted, never raised
-into a session. A checkpoint's write also gives the runner a future, so a final reaches the client
-after its checkpoint is stored (bounded by ``GATE_S``; while Redis fails, finals are not held at all).
+it is written to a dedicated connection at once, from the caller, and its reply (in order, parsed
+in that connection's data callback) settles it (:class:`_Pipe`); on a cluster, or while that
+connection is down, one writer task batches what is due into one pipeline. A failed write is
+logged and counted, never raised into a session. A checkpoint's write also gives the runner a
+future, so a final reaches the client after its checkpoint is stored (bounded by ``GATE_S``;
+while Redis fails, finals are not held at all).
 """
 
 from __future__ import annotations
@@ -331,6 +332,7 @@ class SharedSessions:
         return w.fut if self.healthy else None
 
     def _replied(self, ok: bool) -> None:
+        """One write settled, by either path: count a failure; finals are gated while writes work."""
         if not ok:
             self.writes_failed += 1
         self.healthy = ok
@@ -379,11 +381,9 @@ class SharedSessions:
                 self._failed("write", e)
             finally:
                 self._writer_busy = False
-            if not ok:
-                self.writes_failed += len(batch)
-            self.healthy = ok
             for k, w in enumerate(batch):
                 w.settle(ok, results[k] if ok else None)
+                self._replied(ok)
             if self._pipe is not None:
                 self._pipe.ensure()
 

@@ -1,15 +1,18 @@
 """Per engine kind, through ``streamproxy serve`` as a user runs it, with ``streamproxy eval``:
-WER and SER on real speech (the built-in set) and on synthetic speech (espeak-ng, two voices)
-separately, final and first-word latency p50/p95, and the file real-time factor (wall and CPU
-seconds per audio second, one decode thread, from ``benchmarks/asr.py``'s file benchmark).
+WER and SER on real read speech (the built-in ``real`` set), on real telephone speech (the
+built-in ``phone`` set, 8 kHz) and on synthetic speech (espeak-ng, two voices) separately, final
+and first-word latency p50/p95, and the file real-time factor (wall and CPU seconds per audio
+second, one decode thread, from ``benchmarks/asr.py``'s file benchmark).
 
     python benchmarks/eval_kinds.py                      # pocketsphinx and whisper, ~5 min
     python benchmarks/eval_kinds.py --kinds whisper --concurrency 2
+    python benchmarks/eval_kinds.py --kinds whisper:base --no-files   # kind:model (engine.model)
 
 Each kind: a ``streamproxy serve --engine KIND`` subprocess (private data dir, defaults otherwise),
-then ``streamproxy eval real`` and ``streamproxy eval SYNTHETIC/manifest.jsonl`` subprocesses with
-``--json``. Writes benchmarks/results/eval-KIND-{real,synthetic}.json and eval_kinds.json; prints a
-markdown table.
+then ``streamproxy eval real``, ``streamproxy eval phone`` (``--phone-concurrency`` files at once:
+the set is 411 s long) and ``streamproxy eval SYNTHETIC/manifest.jsonl`` subprocesses with
+``--json``. Writes benchmarks/results/eval-KIND-{real,phone,synthetic}.json and eval_kinds.json;
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(kind: str, data_dir: Path) -> Iterator[int]:
-    """``streamproxy serve --engine KIND`` on a free port until its WebSocket port answers."""
+def serve(kind: str, data_dir: Path, model: str = "") -> Iterator[int]:
+    """``streamproxy serve --engine KIND`` (``engine.model`` MODEL) on a free port until it answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMPROXY_", "DEEPGRAM_"))}
     env |= {"STREAMPROXY_SERVER_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if model:
+        env["STREAMPROXY_ENGINE_MODEL"] = model
     cmd = [sys.executable, "-m", "streamproxy", "serve", "--engine", kind, "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", default="pocketsphinx,whisper")
     ap.add_argument("--concurrency", type=int, default=1, help="files streamed at once (default 1)")
+    ap.add_argument("--phone-concurrency", type=int, default=6, help="phone-set files streamed at once (default 6)")
     ap.add_argument("--no-files", action="store_true", help="skip the file RTF measurement")
     args = ap.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -97,15 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         synth_dir = Path(tmp) / "synthetic"
         synth = corpus.synthetic(synth_dir)
         synth_clips = [Clip(u.text, u.id, np.frombuffer(u.read().pcm, dtype="<i2").copy()) for u in synth]
-        for kind in kinds:
-            print(f"== {kind}", flush=True)
-            with serve(kind, Path(tmp) / f"data-{kind}") as port:
-                real = run_eval("real", port, RESULTS / f"eval-{kind}-real.json", args.concurrency)
+        for label in kinds:
+            kind, _, model = label.partition(":")
+            print(f"== {label}", flush=True)
+            name = label.replace(":", "-")
+            with serve(kind, Path(tmp) / f"data-{name}", model) as port:
+                real = run_eval("real", port, RESULTS / f"eval-{name}-real.json", args.concurrency)
+                phone = run_eval("phone", port, RESULTS / f"eval-{name}-phone.json", args.phone_concurrency)
                 syn = run_eval(
-                    str(synth_dir / "manifest.jsonl"), port, RESULTS / f"eval-{kind}-synthetic.json", args.concurrency
+                    str(synth_dir / "manifest.jsonl"), port, RESULTS / f"eval-{name}-synthetic.json", args.concurrency
                 )
-            row: dict[str, Any] = {"real": real["overall"], "synthetic": syn["overall"]}
-            if not args.no_files:
+            row: dict[str, Any] = {"real": real["overall"], "phone": phone["overall"], "synthetic": syn["overall"]}
+            if not args.no_files and not model:
                 f_real, f_syn = bench_files(kind, real_clips()), bench_files(kind, synth_clips)
                 audio = f_real["audio_s"] + f_syn["audio_s"]
                 row["file_rtf_wall"] = (
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     f_real["rtf_cpu"] * f_real["audio_s"] + f_syn["rtf_cpu"] * f_syn["audio_s"]
                 ) / audio
                 row["file_wer_real"], row["file_wer_synthetic"] = f_real["wer"], f_syn["wer"]
-            rows[kind] = row
+            rows[label] = row
     load_after = os.getloadavg()
 
     def pct(x: float | None) -> str:
@@ -126,16 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         return "—" if d["p50"] is None else f"{d['p50']:.2f} / {d['p95']:.2f} s"
 
     print(
-        "| kind | WER real | WER synthetic | SER real / synthetic | file RTF wall / CPU "
-        "| final latency p50 / p95 (real) |"
+        "| kind | WER real | WER phone | WER synthetic | SER real / phone / synthetic | file RTF wall / CPU "
+        "| final latency p50 / p95 (real; phone) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for kind, r in rows.items():
         rtf = f"{r['file_rtf_wall']:.3f} / {r['file_rtf_cpu']:.3f}" if "file_rtf_wall" in r else "—"
         print(
-            f"| {kind} | {pct(r['real']['wer'])} ({r['real']['ref_words']} words) | {pct(r['synthetic']['wer'])} "
-            f"({r['synthetic']['ref_words']} words) | {pct(r['real']['ser'])} / {pct(r['synthetic']['ser'])} | {rtf} | "
-            f"{lat(r['real'])} |"
+            f"| {kind} | {pct(r['real']['wer'])} ({r['real']['ref_words']} words) | {pct(r['phone']['wer'])} "
+            f"({r['phone']['ref_words']} words) | {pct(r['synthetic']['wer'])} ({r['synthetic']['ref_words']} words) | "
+            f"{pct(r['real']['ser'])} / {pct(r['phone']['ser'])} / {pct(r['synthetic']['ser'])} | {rtf} | "
+            f"{lat(r['real'])}; {lat(r['phone'])} |"
         )
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} (machine shared)")
     result = {

@@ -58,6 +58,7 @@ from streamproxy.engine.options import (
     raw_audio_format,
 )
 from streamproxy.engine.prerecorded import decode_body
+from streamproxy.eval import corpus
 from tests.helpers.engine import espeak_wav16, marker_audio_ms, recall, require_espeak, wer
 
 KEY = "test-key-123"
@@ -500,13 +501,30 @@ async def test_pocketsphinx_live_wer(sphinx_port: int, speech_wav: tuple[Path, P
         assert len([w for w in DISTINCTIVE if w in hyp.split()]) >= 4, hyp
 
 
-async def test_pocketsphinx_rejects_other_rates_and_transcribes_files(
+async def test_pocketsphinx_takes_telephone_audio_and_transcribes_files(
     sphinx_port: int, speech_wav: tuple[Path, Path]
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        url = f"http://127.0.0.1:{sphinx_port}/v1/listen"
-        async with http.get(url + "?sample_rate=8000&encoding=linear16") as r:
-            assert r.status == 400 and "16000" in r.headers["dg-error"]
+    """8 kHz telephone speech (three prompts of the built-in phone set, a human voice) streams to the
+    16 kHz model, resampled in the engine: words, with times on the client's 8 kHz clock. Measured:
+    recall 0.56 ("that is not a valid on print number please try again"; pocketsphinx is poor on
+    telephone audio: ~64 % WER on a dozen of the set's prompts); 8 kHz used to be refused."""
+    prompts = {u.id: u for u in corpus.phone() if u.id in ("agent-pass", "conf-invalid", "conf-placeintoconf")}
+    pcm = b"".join(bytes(4000) + prompts[k].read().pcm for k in sorted(prompts)) + bytes(16000)
+    client = AsyncDeepgramClient(api_key="unused", environment=env(sphinx_port))
+    async with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=8000) as sock:
+        reader = asyncio.create_task(collect(sock._websocket))
+        for c in chunks(pcm, 1600):  # 100 ms chunks
+            await sock.send_media(c)
+        await sock.send_close_stream()
+        msgs = await asyncio.wait_for(reader, 30)
+    words = [
+        w for m in msgs if m["type"] == "Results" and m["is_final"] for w in m["channel"]["alternatives"][0]["words"]
+    ]
+    hyp = " ".join(w["word"] for w in words)
+    ref = " ".join(prompts[k].text for k in sorted(prompts))
+    assert recall(ref, hyp) >= 0.4, (hyp, wer(ref, hyp))
+    assert len({"password", "pound", "valid", "number", "try", "again", "placed"} & set(hyp.split())) >= 3, hyp
+    assert words and 0.2 < words[0]["start"] and words[-1]["end"] <= len(pcm) / 2 / 8000
     # espeak's native 22.05 kHz WAV: the prerecorded path resamples it.
     client = AsyncDeepgramClient(api_key="unused", environment=env(sphinx_port))
     resp = await client.listen.v1.media.transcribe_file(request=speech_wav[0].read_bytes(), model="nova-3")
@@ -574,8 +592,8 @@ def test_live_options_from_query() -> None:
     assert parse_live_params(MultiDict(endpointing="true"), "marker").endpointing_ms == 300
     assert parse_live_params(MultiDict(endpointing="250"), "whisper").endpointing_ms == 250
     assert parse_live_params(MultiDict(), "pocketsphinx") == LiveOptions()
+    assert parse_live_params(MultiDict(sample_rate="8000"), "pocketsphinx").sample_rate == 8000  # resampled
     for query, kind, needle in [
-        ({"sample_rate": "8000"}, "pocketsphinx", "only sample_rate=16000"),
         ({"encoding": "mulaw"}, "marker", "accepts only linear16"),
         ({"channels": "2"}, "marker", "mono"),
         ({"multichannel": "true"}, "marker", "multichannel"),

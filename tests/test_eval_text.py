@@ -76,6 +76,25 @@ def test_real_set_matches_its_sources() -> None:
     assert {u.path.name: hashlib.sha256(u.path.read_bytes()).hexdigest() for u in items} == documented
 
 
+def test_phone_set_matches_its_sources() -> None:
+    """The built-in telephone set: 89 prompts, 1,071 words, 8 kHz mono, hashes as in SOURCES.md, and
+    no reference with what its selection rules exclude (key symbols, ellipses, bracketed tones)."""
+    items = corpus.load("phone")
+    assert len(items) == 89 and sum(len(u.text.split()) for u in items) == 1071
+    wavs = [u.read() for u in items]
+    assert all(w.sample_rate == 8000 and w.channels == 1 and w.seconds <= 12 for w in wavs)
+    assert 411 < sum(w.seconds for w in wavs) < 412
+    assert not [u.id for u in items if re.search(r"[*#\[\]]|\.\.\.", u.text) or len(u.text.split()) < 8]
+    documented = dict(
+        (name, digest)
+        for digest, name in re.findall(
+            r"^([0-9a-f]{64})  (\S+\.wav)$", (corpus.PHONE_DIR / "SOURCES.md").read_text(), re.M
+        )
+    )
+    assert {u.path.name: hashlib.sha256(u.path.read_bytes()).hexdigest() for u in items} == documented
+    assert corpus.load("real") == corpus.real()
+
+
 def _wav(path: Path, width: int = 2, frames: bytes = b"\0\0" * 160) -> Path:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)

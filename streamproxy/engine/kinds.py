@@ -15,8 +15,9 @@ import numpy as np
 from streamproxy.deepgram.types import Event, Result
 from streamproxy.engine.marker import MarkerRecognizer
 from streamproxy.engine.options import LiveOptions
-from streamproxy.engine.recognizer import Recognizer
-from streamproxy.engine.sphinx import SphinxRecognizer
+from streamproxy.engine.recognizer import Recognizer, Resampled
+from streamproxy.engine.sphinx import SAMPLE_RATE as SPHINX_RATE
+from streamproxy.engine.sphinx import SphinxRecognizer, narrowband_pool
 from streamproxy.engine.state import EngineState
 from streamproxy.engine.whisper.files import transcribe_file
 from streamproxy.engine.whisper.gates import Gates
@@ -45,6 +46,10 @@ def make_recognizer(
             interim_every_s=interim_every_s,
             **opts.recognizer_kwargs(),
         )
+    if opts.sample_rate != SPHINX_RATE:  # its en-us model is 16 kHz: telephone audio is resampled
+        pool = narrowband_pool if opts.sample_rate < SPHINX_RATE else None
+        inner = SphinxRecognizer(SPHINX_RATE, pool=pool, formatting=opts.formatting, **opts.recognizer_kwargs())
+        return Resampled(inner, opts.sample_rate, SPHINX_RATE)
     return SphinxRecognizer(opts.sample_rate, formatting=opts.formatting, **opts.recognizer_kwargs())
 
 

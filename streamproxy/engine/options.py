@@ -16,7 +16,6 @@ from streamproxy.deepgram.flux import FLUX_MODELS, FluxThresholds
 from streamproxy.deepgram.params import FLUX_PARAMS, LIVE_PARAMS, PRERECORDED_PARAMS, bounded_int, check_query
 from streamproxy.engine.flux import ThresholdError, check_thresholds
 from streamproxy.engine.formatting import Formatting
-from streamproxy.engine.sphinx import SAMPLE_RATE as SPHINX_RATE
 
 __all__ = [
     "BadRequest",
@@ -94,14 +93,13 @@ def _mono_only(query: MultiMapping[str]) -> None:
 
 
 def parse_live_params(query: MultiMapping[str], kind: str) -> LiveOptions:
-    """Validate Deepgram Live query parameters for ``kind``; raises :class:`BadRequest`."""
+    """Validate Deepgram Live query parameters for ``kind`` (every kind takes every rate from 8 to
+    48 kHz: Whisper and pocketsphinx resample); raises :class:`BadRequest`."""
     check_query(query, LIVE_PARAMS, error=BadRequest)
     encoding = query.get("encoding", "linear16").lower()
     if encoding != "linear16":
         raise BadRequest(f"unsupported encoding {encoding!r}: the embedded engine accepts only linear16")
     sr = _int("sample_rate", query["sample_rate"], 8000, 48000) if "sample_rate" in query else 16000
-    if kind == "pocketsphinx" and sr != SPHINX_RATE:
-        raise BadRequest(f"the pocketsphinx engine accepts only sample_rate=16000 (got {sr}); resample the audio")
     channels = _int("channels", query.get("channels", "1"), 1, 16)
     if channels != 1:
         raise BadRequest(f"the embedded engine accepts only mono audio (channels=1), got channels={channels}")
@@ -150,8 +148,6 @@ def parse_flux_params(query: MultiMapping[str], kind: str) -> FluxOptions:
     if encoding != "linear16":
         raise BadRequest(f"unsupported encoding {encoding!r}: the embedded engine accepts only linear16")
     sr = _int("sample_rate", query["sample_rate"], 8000, 48000) if "sample_rate" in query else 16000
-    if kind == "pocketsphinx" and sr != SPHINX_RATE:
-        raise BadRequest(f"the pocketsphinx engine accepts only sample_rate=16000 (got {sr}); resample the audio")
     th = FluxThresholds(
         eot_threshold=_unit_float("eot_threshold", query["eot_threshold"]) if "eot_threshold" in query else 0.7,
         eager_eot_threshold=(

@@ -22,7 +22,7 @@ from typing import Any
 from streamproxy.deepgram.types import Event, Result, SpeechStarted, UtteranceEnd, Word, span_result
 from streamproxy.engine.formatting import Formatting, Token, format_words
 
-__all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "default_pool"]
+__all__ = ["SAMPLE_RATE", "DecoderPool", "PooledDecoder", "SphinxRecognizer", "default_pool", "narrowband_pool"]
 
 SAMPLE_RATE = 16000
 _FRAME_RATE = 100  # pocketsphinx feature frames per second (config "frate")
@@ -104,6 +104,9 @@ class DecoderPool:
 
 
 default_pool = DecoderPool()
+#: Decoders for resampled telephone audio: their cepstral mean adapts to a narrow band, which would
+#: spoil a wide-band stream that took one over (and the reverse), so they are pooled apart.
+narrowband_pool = DecoderPool()
 
 
 def _clean_word(word: str) -> str | None:

@@ -50,7 +50,7 @@ def add_eval_command(sub: Any) -> None:
         "source",
         metavar="MANIFEST|DIR",
         help='JSONL ({"audio": "a.wav", "text": "..."} a line) or CSV (audio,text header) manifest, '
-        "or a folder of *.wav with sibling .txt references; 'real' = the built-in real-speech set",
+        "or a folder of *.wav with sibling .txt references; 'real' / 'phone': the built-in read / telephone sets",
     )
     e.add_argument("--url", default="ws://127.0.0.1:8080", help="gateway or Deepgram base URL (default: local serve)")
     e.add_argument(
@@ -88,7 +88,7 @@ def _fail(msg: str) -> int:
 
 def eval_main(args: argparse.Namespace) -> int:
     try:
-        items = corpus.real() if args.source == "real" else corpus.load(args.source)
+        items = corpus.load(args.source)
         baseline = report.load_baseline(args.baseline) if args.baseline else None
         runner.listen_url(args.url, {})
     except (corpus.CorpusError, report.BaselineError, ValueError) as e:

@@ -1,8 +1,11 @@
-"""Speech sets: (WAV file, reference text) pairs from a manifest, a folder, or the two built-in sets.
+"""Speech sets: (WAV file, reference text) pairs from a manifest, a folder, or the built-in sets.
 
 * ``real()``: 13 utterances of human read speech (115 words, 50.5 s) shipped with this package,
   copied from registry packages with their transcripts; provenance, licences and hashes in
   ``speech/real/SOURCES.md``.
+* ``phone()``: 89 recorded telephone prompts of a human voice (1,071 words, 411 s, 8 kHz) from
+  Debian's Asterisk sounds, selected by fixed rules (``speech/phone/SOURCES.md``): the narrow-band
+  audio a voice agent receives.
 * ``synthetic(directory)``: sentences spoken by espeak-ng (two voices), written as WAVs; cheap to
   make, but a recogniser's WER on them says little about real voices, so report both.
 
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REAL_DIR = Path(__file__).resolve().parent / "speech" / "real"
+PHONE_DIR = REAL_DIR.parent / "phone"
+BUILT_IN = ("real", "phone")  # names ``load`` takes besides a path
 
 SENTENCES = (
     "The weather is lovely today and we are going to the park.",
@@ -158,7 +163,11 @@ def load_dir(directory: Path) -> list[Utterance]:
 
 
 def load(source: str | Path) -> list[Utterance]:
-    """A manifest file or a folder of WAVs (what ``streamproxy eval`` takes)."""
+    """A manifest file, a folder of WAVs or a built-in set's name (what ``streamproxy eval`` takes)."""
+    if source == "real":
+        return real()
+    if source == "phone":
+        return phone()
     p = Path(source)
     if p.is_dir():
         return load_dir(p)
@@ -168,6 +177,11 @@ def load(source: str | Path) -> list[Utterance]:
 def real() -> list[Utterance]:
     """The built-in real-speech set (human read speech, 115 words)."""
     return load_manifest(REAL_DIR / "manifest.jsonl")
+
+
+def phone() -> list[Utterance]:
+    """The built-in telephone set (a human voice, 8 kHz prompts, 1,071 words)."""
+    return load_manifest(PHONE_DIR / "manifest.jsonl")
 
 
 def require_tts() -> None:

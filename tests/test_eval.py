@@ -192,22 +192,29 @@ def test_key_goes_only_where_it_belongs(monkeypatch: pytest.MonkeyPatch) -> None
         assert _key(ns) == want, url
 
 
-async def test_whisper_real_speech_through_the_gateway() -> None:
-    """The built-in real speech, real time, 4 files at once, through the gateway to whisper."""
-    items = corpus.real()
+async def _whisper_eval(name: str, items: list[corpus.Utterance], concurrency: int) -> dict[str, Any]:
+    """``items`` streamed in real time through a gateway to whisper; the report, its figures printed."""
     async with engine("whisper") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
-        streams = await runner.run(items, f"ws://127.0.0.1:{gw.port}", concurrency=4, timeout_s=60)
+        streams = await runner.run(items, f"ws://127.0.0.1:{gw.port}", concurrency=concurrency, timeout_s=60)
     rep = report.build(streams, {"url": "gateway"})
     o = rep["overall"]
     print(
-        f"\nwhisper real speech: WER {o['wer']:.3f} SER {o['ser']:.3f} S/D/I {o['substitutions']}/"
-        f"{o['deletions']}/{o['insertions']} final p50/p95 {o['final_latency_s']['p50']:.2f}/"
+        f"\nwhisper {name}: WER {o['wer']:.3f} ({o['errors']}/{o['ref_words']}) SER {o['ser']:.3f} S/D/I "
+        f"{o['substitutions']}/{o['deletions']}/{o['insertions']} final p50/p95 {o['final_latency_s']['p50']:.2f}/"
         f"{o['final_latency_s']['p95']:.2f} s"
     )
     for f in rep["files"]:
         if f["errors"]:
             print(f"  {f['id']}: {f['alignment']}")
     assert o["failed"] == 0, [f["error"] for f in rep["files"]]
+    return rep
+
+
+async def test_whisper_real_speech_through_the_gateway() -> None:
+    """The built-in real speech, real time, 4 files at once, through the gateway to whisper."""
+    items = corpus.real()
+    rep = await _whisper_eval("real speech", items, 4)
+    o = rep["overall"]
     assert o["ref_words"] == 114  # 115 words; "five five" normalises to the one token "55"
     assert o["wer"] <= 0.20, o
     assert o["finals"] >= len(items) and all(f["first_word_latency_s"] is not None for f in rep["files"])
@@ -219,19 +226,8 @@ async def test_whisper_phone_speech_through_the_gateway() -> None:
     a prompt (the hallucination this set would show first: every prompt ends in silence). Measured:
     WER 4.7 % (13/279: 8 S, 0 D, 5 I, most of them compounds heard as two words, "filename" ->
     "file name"), no end-of-prompt insertion; the whole set gives 2.9 % (31/1,079)."""
-    items = corpus.phone()[::4]
-    async with engine("whisper") as eport, gateway(gateway_config([f"ws://127.0.0.1:{eport}"])) as gw:
-        streams = await runner.run(items, f"ws://127.0.0.1:{gw.port}", concurrency=6, timeout_s=60)
-    rep = report.build(streams, {"url": "gateway"})
+    rep = await _whisper_eval("phone speech", corpus.phone()[::4], 6)
     o = rep["overall"]
-    print(
-        f"\nwhisper phone speech: WER {o['wer']:.3f} ({o['errors']}/{o['ref_words']}) SER {o['ser']:.3f} "
-        f"S/D/I {o['substitutions']}/{o['deletions']}/{o['insertions']}"
-    )
-    for f in rep["files"]:
-        if f["errors"]:
-            print(f"  {f['id']}: {f['alignment']}")
-    assert o["failed"] == 0, [f["error"] for f in rep["files"]]
     assert len(rep["files"]) == 23 and o["ref_words"] > 250
     assert o["wer"] <= PHONE_WER_BOUND, o
     trailing = [

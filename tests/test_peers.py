@@ -166,7 +166,7 @@ async def test_ping_flood_without_reading_then_reset_leaks_no_session() -> None:
 
 
 async def test_text_flood_from_a_client_that_never_reads_is_bounded_and_detached() -> None:
-    """300,000 unsupported text frames (each answered with an Error) from a client that never reads:
+    """300,000 unsupported 512-byte text frames (each answered with an Error) from a client that never reads:
     the gateway stops reading it (its sends block long before 300,000), and once its writes stay
     blocked for client_write_timeout_s the client is detached; nothing grows without bound."""
     async with engine("marker") as eport:
@@ -175,7 +175,11 @@ async def test_text_flood_from_a_client_that_never_reads_is_bounded_and_detached
             s = await asyncio.to_thread(_handshake, gw.port, QUERY)
             await wait_until(lambda: len(gw.gateway.sessions) == 1, 5, "the session to open")
             runner = next(iter(gw.gateway.sessions))
-            sent = await asyncio.to_thread(_flood, s, frame(0x1, b'{"type":"Bogus"}'), 300_000, 3.0)
+            # 512-byte frames: 300,000 of them (150 MB) are far more than the kernel's socket buffers
+            # can take in whatever its settings (22-byte ones, 6.6 MB, once fitted on CI).
+            bogus = b'{"type":"Bogus","pad":"' + b"x" * 488 + b'"}'
+            sent = await asyncio.to_thread(_flood, s, frame(0x1, bogus), 300_000, 3.0)
+            print(f"\nflood: {sent} frames sent before the socket stayed blocked")
             assert sent < 300_000  # reading paused: backpressure reached the client
             assert runner._client_bytes <= 4 * 1024 * 1024  # the queue toward the client is bounded
             await wait_until(lambda: len(gw.gateway.sessions) == 0, 15, "the slow client's session to end")

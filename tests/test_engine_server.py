@@ -58,6 +58,7 @@ from streamproxy.engine.options import (
     raw_audio_format,
 )
 from streamproxy.engine.prerecorded import decode_body
+from streamproxy.engine.recognizer import Resampled
 from streamproxy.eval import corpus
 from tests.helpers.engine import espeak_wav16, marker_audio_ms, recall, require_espeak, wer
 
@@ -532,6 +533,42 @@ async def test_pocketsphinx_takes_telephone_audio_and_transcribes_files(
     hyp = resp.results.channels[0].alternatives[0].transcript or ""  # type: ignore[index]
     assert recall(SENTENCES, hyp) >= 0.25, (hyp, wer(SENTENCES, hyp))
     assert len([w for w in DISTINCTIVE if w in hyp.split()]) >= 4, hyp
+
+
+def test_resampled_input_does_not_depend_on_chunking() -> None:
+    """A telephone prompt fed to ``Resampled`` in 1,601-byte chunks (odd: a sample split across
+    chunks) reaches the 16 kHz recognizer as the same samples as in 1,600-byte ones; position on
+    the client's clock."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.pcm = bytearray()
+
+        @property
+        def position_s(self) -> float:
+            return len(self.pcm) / 2 / 16000
+
+        def feed(self, pcm: bytes) -> list[Any]:
+            self.pcm += pcm
+            return []
+
+        def finalize(self) -> list[Any]:
+            return []
+
+        def close(self) -> list[Any]:
+            return []
+
+    pcm = next(u for u in corpus.phone() if u.id == "agent-pass").read().pcm
+    got = []
+    for size in (1600, 1601):
+        sink = Sink()
+        r = Resampled(sink, 8000, 16000)
+        for c in chunks(pcm, size):
+            r.feed(c)
+        assert r.position_s == len(pcm) / 2 / 8000
+        r.close()
+        got.append(bytes(sink.pcm))
+    assert got[0] == got[1] and abs(len(got[0]) - 2 * len(pcm)) <= 64
 
 
 def test_pocketsphinx_recognizer_silence_finalize_and_rate(speech_wav: tuple[Path, Path]) -> None:

@@ -46,11 +46,10 @@ def make_recognizer(
             interim_every_s=interim_every_s,
             **opts.recognizer_kwargs(),
         )
-    if opts.sample_rate != SPHINX_RATE:  # its en-us model is 16 kHz: telephone audio is resampled
-        pool = narrowband_pool if opts.sample_rate < SPHINX_RATE else None
-        inner = SphinxRecognizer(SPHINX_RATE, pool=pool, formatting=opts.formatting, **opts.recognizer_kwargs())
-        return Resampled(inner, opts.sample_rate, SPHINX_RATE)
-    return SphinxRecognizer(opts.sample_rate, formatting=opts.formatting, **opts.recognizer_kwargs())
+    # Its en-us model is 16 kHz: other rates (telephone audio) are resampled.
+    pool = narrowband_pool if opts.sample_rate < SPHINX_RATE else None
+    sphinx = SphinxRecognizer(SPHINX_RATE, pool=pool, formatting=opts.formatting, **opts.recognizer_kwargs())
+    return sphinx if opts.sample_rate == SPHINX_RATE else Resampled(sphinx, opts.sample_rate, SPHINX_RATE)
 
 
 async def open_recognizer(st: EngineState, opts: LiveOptions) -> Recognizer:

@@ -37,6 +37,7 @@ class Resampled:
         self.rate_in = rate_in
         self._resample = StreamResampler(rate_in, rate_out)
         self._bytes = 0
+        self._odd = b""  # a chunk's trailing half sample, completed by the next chunk
 
     @property
     def position_s(self) -> float:
@@ -47,10 +48,12 @@ class Resampled:
 
     def feed(self, pcm: bytes) -> list[Event]:
         self._bytes += len(pcm)
-        usable = len(pcm) - len(pcm) % 2
-        if not usable:
+        data = self._odd + pcm
+        n = len(data) - len(data) % 2
+        self._odd = data[n:]
+        if not n:
             return []
-        return self.inner.feed(self._pcm(self._resample(np.frombuffer(pcm[:usable], dtype="<i2"))))
+        return self.inner.feed(self._pcm(self._resample(np.frombuffer(data[:n], dtype="<i2"))))
 
     def finalize(self) -> list[Event]:
         return self.inner.finalize()

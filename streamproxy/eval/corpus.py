@@ -28,7 +28,6 @@ from pathlib import Path
 
 REAL_DIR = Path(__file__).resolve().parent / "speech" / "real"
 PHONE_DIR = REAL_DIR.parent / "phone"
-BUILT_IN = ("real", "phone")  # names ``load`` takes besides a path
 
 SENTENCES = (
     "The weather is lovely today and we are going to the park.",

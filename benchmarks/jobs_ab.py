@@ -47,7 +47,16 @@ def _summary(doc: dict[str, Any]) -> dict[str, float]:
         "short_file_p50_ms": r["latency"]["latency"]["p50_ms"],
         "short_file_client_p50_ms": r["latency"]["client_latency"]["p50_ms"],
         "machine_busy_cores": r["queued"]["machine_busy_cores"],
+        "queued_gets_per_job": r["queued"]["gets_per_job"],
+        **{f"queued_cpu_us_{k}": v for k, v in _by_process(r["queued"]["cpu_us_per_job"]).items()},
     }
+
+
+def _by_process(cpu: dict[str, int]) -> dict[str, int]:
+    """CPU per queued job by process (workers summed): where a change moved the cost."""
+    out = {"client_gateway": cpu["client+gateway"], "redis": cpu["redis"], "engine": cpu["engine"]}
+    out["workers"] = sum(v for k, v in cpu.items() if k.startswith("worker"))
+    return out
 
 
 def main() -> None:

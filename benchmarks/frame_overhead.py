@@ -12,11 +12,16 @@ With ``--ab`` the gateway of another checkout (``git worktree add /tmp/before <c
 one run alternately, ``--rounds`` times each, in one invocation, so machine noise hits both alike.
 
     python benchmarks/frame_overhead.py --shared-ab redis://127.0.0.1:6379 --rounds 3
+    python benchmarks/frame_overhead.py --shared-ab redis://127.0.0.1:6379 --together [--ab CHECKOUT] --cpu 1
 
 runs this checkout with and without shared session state (``session.shared_state``, resumable
 sessions kept in that Redis) alternately, with ``proxy_events`` (resumable sessions) and a sink that
 answers a final every ``--finals-every`` frames (default 10: one final per second), so the cost of
-a checkpoint per final, the session's record and the heartbeat are all in the figure.
+a checkpoint per final, the session's record and the heartbeat are all in the figure. With
+``--together`` the two gateways run at the same time, pinned to the same core, each fed
+``--streams`` streams: what else the machine does lands on both alike, and the ratio is taken per
+round (the steadier figure on a shared machine); ``--ab`` adds a third gateway, another checkout's
+with shared state, to the same rounds.
 """
 
 from __future__ import annotations
@@ -137,7 +142,7 @@ async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, 
     return {"args": vars(args), "paths": results, "baseline_ms": base, "added_ms": added}
 
 
-async def _drive(url: str, streams: int, frames: int) -> dict[tuple[int, int], float]:
+async def _drive(url: str, streams: int, frames: int, first: int = 0) -> dict[tuple[int, int], float]:
     sent: dict[tuple[int, int], float] = {}
     period = 0.1
 
@@ -152,7 +157,7 @@ async def _drive(url: str, streams: int, frames: int) -> dict[tuple[int, int], f
                 await ws.send(bytes(payload))
             await asyncio.sleep(0.3)
 
-    await asyncio.gather(*(one(i) for i in range(streams)))
+    await asyncio.gather(*(one(i) for i in range(first, first + streams)))
     return sent
 
 
@@ -184,6 +189,7 @@ def main() -> None:
     p.add_argument("--finals-every", type=int, default=0, help="the sink answers a final every N frames (0: never)")
     p.add_argument("--proxy-events", action="store_true", help="clients ask for proxy_events (resumable sessions)")
     p.add_argument("--shared-ab", default=None, metavar="REDIS_URL", help="A/B: shared session state off vs on")
+    p.add_argument("--together", action="store_true", help="with --shared-ab: both gateways at once, same core")
     args = p.parse_args()
     try:
         import uvloop
@@ -232,26 +238,35 @@ def ab(args: argparse.Namespace) -> None:
     print(f"wrote {out.relative_to(ROOT)}")
 
 
-def shared_ab(args: argparse.Namespace) -> None:
-    """This checkout without and with shared session state, interleaved; medians over the rounds."""
+def _shared_env(redis_url: str, shared: bool) -> dict[str, str]:
     import uuid
 
+    return {
+        "STREAMPROXY_QUEUE_REDIS_URL": redis_url,
+        "STREAMPROXY_QUEUE_PREFIX": "{bench" + uuid.uuid4().hex[:8] + "}",
+        "STREAMPROXY_QUEUE_SERVE_WORKER": "false",
+        "STREAMPROXY_SESSION_SHARED_STATE": "true" if shared else "false",
+        # Clients drop without CloseStream (the sink would not answer it): their sessions wait
+        # for a resume; short windows let the gateway stop promptly after each run.
+        "STREAMPROXY_SESSION_RESUME_GRACE_S": "2",
+        "STREAMPROXY_SESSION_CLOSE_TIMEOUT_S": "1",
+        "STREAMPROXY_SESSION_DRAIN_TIMEOUT_S": "1",
+    }
+
+
+def shared_ab(args: argparse.Namespace) -> None:
+    """This checkout without and with shared session state; medians over the rounds. With
+    ``--together`` both gateways run at once, pinned to the same core and fed by the same clients,
+    so whatever else the machine does in a round lands on both alike (the ratio is per round)."""
     args.proxy_events = True
     args.finals_every = args.finals_every or 10
+    if args.together:
+        shared_together(args)
+        return
     rows: dict[str, list[dict[str, float]]] = {"local": [], "shared": []}
     for _ in range(args.rounds):
         for label in ("local", "shared"):
-            env = {
-                "STREAMPROXY_QUEUE_REDIS_URL": args.shared_ab,
-                "STREAMPROXY_QUEUE_PREFIX": "{bench" + uuid.uuid4().hex[:8] + "}",
-                "STREAMPROXY_QUEUE_SERVE_WORKER": "false",
-                "STREAMPROXY_SESSION_SHARED_STATE": "true" if label == "shared" else "false",
-                # Clients drop without CloseStream (the sink would not answer it): their sessions wait
-                # for a resume; short windows let the gateway stop promptly after each run.
-                "STREAMPROXY_SESSION_RESUME_GRACE_S": "2",
-                "STREAMPROXY_SESSION_CLOSE_TIMEOUT_S": "1",
-                "STREAMPROXY_SESSION_DRAIN_TIMEOUT_S": "1",
-            }
+            env = _shared_env(args.shared_ab, label == "shared")
             res = asyncio.run(run(args, ROOT, env))
             row = {**{f"added_{k}": v for k, v in res["added_ms"].items()}}
             row["cpu_ms_per_session_s"] = res["paths"]["streamproxy"]["gateway_cpu_ms_per_session_s"]
@@ -267,6 +282,101 @@ def shared_ab(args: argparse.Namespace) -> None:
     out = ROOT / "benchmarks" / "results" / f"shared_state_ab_finals{args.finals_every}.json"
     out.write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med, "ratio": ratio}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
+
+
+def shared_together(args: argparse.Namespace) -> None:
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        envs = {"local": _shared_env(args.shared_ab, False), "shared": _shared_env(args.shared_ab, True)}
+        if args.ab is not None:  # the same shared state in another checkout, beside these two
+            envs["shared_before"] = {**_shared_env(args.shared_ab, True), "BENCH_TREE": str(args.ab.resolve())}
+        res = asyncio.run(run_together(args, envs))
+        row = {f"{k}_cpu_ms_per_session_s": v["gateway_cpu_ms_per_session_s"] for k, v in res.items()}
+        row.update({f"{k}_lost": v["lost"] for k, v in res.items()})
+        row.update({f"{k}_p50_ms": v["p50_ms"] for k, v in res.items()})
+        row["ratio"] = row["shared_cpu_ms_per_session_s"] / row["local_cpu_ms_per_session_s"]
+        if "shared_before" in res:
+            row["ratio_before"] = row["shared_before_cpu_ms_per_session_s"] / row["local_cpu_ms_per_session_s"]
+        rounds.append(row)
+        print({k: round(v, 4) for k, v in row.items()}, flush=True)
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    per_round = ", ".join(f"{r['ratio']:.3f}" for r in rounds)
+    if "ratio_before" in med:
+        before = ", ".join(f"{r['ratio_before']:.3f}" for r in rounds)
+        print(f"the --ab checkout's shared state, same runs: shared/local {med['ratio_before']:.3f} ({before})")
+    print(
+        f"medians of {args.rounds} rounds: local {med['local_cpu_ms_per_session_s']:.3f}, shared "
+        f"{med['shared_cpu_ms_per_session_s']:.3f} ms CPU per session-second; shared/local {med['ratio']:.3f} "
+        f"(per-round ratios {per_round})"
+    )
+    out = ROOT / "benchmarks" / "results" / f"shared_state_together_finals{args.finals_every}.json"
+    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "median": med}, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+async def run_together(args: argparse.Namespace, envs: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Several gateways of this checkout at once, one sink, ``--streams`` real-time streams each,
+    all driven concurrently; CPU per session-second and the one-way frame time for each."""
+    arrivals: dict[tuple[int, int], float] = {}
+    every = args.finals_every
+
+    async def sink(ws: ServerConnection) -> None:
+        frames = 0
+        try:
+            async for msg in ws:
+                if isinstance(msg, bytes) and len(msg) >= 8:
+                    stream, seq = struct.unpack_from("<II", msg)
+                    arrivals[(stream, seq)] = time.perf_counter()
+                    frames += 1
+                    if every and frames % every == 0:
+                        await ws.send(_final(frames, every))
+        except websockets.ConnectionClosed:
+            pass
+
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        sink_port = server.sockets[0].getsockname()[1]
+        try:
+            for label, extra in envs.items():
+                port = _free_port()
+                extra = dict(extra)
+                tree = extra.pop("BENCH_TREE", str(ROOT))  # which checkout's gateway
+                env = {**os.environ, "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
+                       "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600", "STREAMPROXY_LOG_LEVEL": "warning",
+                       "PYTHONPATH": tree, **extra}  # fmt: skip
+                cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(port)]
+                if args.cpu is not None:
+                    cmd = ["taskset", "-c", str(args.cpu), *cmd]
+                procs[label] = (subprocess.Popen(cmd, env=env, cwd=tree), port)  # noqa: ASYNC220
+            for _, port in procs.values():
+                await _wait_port(port)
+            q = "/v1/listen?encoding=linear16&sample_rate=16000&proxy_events=true"
+            cpu0 = {label: _cpu_seconds(p.pid) for label, (p, _) in procs.items()}
+            t0 = time.perf_counter()
+            # Stream ids are disjoint per gateway: one arrivals table.
+            sents = await asyncio.gather(*(
+                _drive(f"ws://127.0.0.1:{port}{q}", args.streams, args.frames, first=k * args.streams)
+                for k, (_, port) in enumerate(procs.values())
+            ))  # fmt: skip
+            elapsed = time.perf_counter() - t0
+            cpu = {label: _cpu_seconds(p.pid) - cpu0[label] for label, (p, _) in procs.items()}
+            await asyncio.sleep(0.5)
+        finally:
+            for p, _ in procs.values():
+                p.terminate()
+            for p, _ in procs.values():
+                p.wait(20)
+    out: dict[str, dict[str, Any]] = {}
+    for label, sent in zip(procs, sents, strict=True):
+        steady = {k: t for k, t in sent.items() if k[1] >= WARMUP_FRAMES}
+        lat = [(arrivals[k] - t) * 1e3 for k, t in steady.items() if k in arrivals]
+        out[label] = {
+            "gateway_cpu_ms_per_session_s": 1e3 * cpu[label] / (args.streams * elapsed),
+            "lost": len(steady) - len(lat),
+            "p50_ms": pct(lat, 0.5),
+            "p99_ms": pct(lat, 0.99),
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -12,13 +12,18 @@ instance stops refreshing it) and ``{P:i:<instance>}:inbox`` (where another inst
 let a session go). Both session keys expire ``resume_grace_s`` + ``TTL_MARGIN_S`` after their last
 refresh.
 
-Every write is one Lua script, and nothing here is awaited on the audio path: on a single Redis
-it is written to a dedicated connection at once, from the caller, and its reply (in order, parsed
-in that connection's data callback) settles it (:class:`_Pipe`); on a cluster, or while that
+Every session write is one Lua script, and nothing here is awaited on the audio path: on a single
+Redis it is written to a dedicated connection at once, from the caller, and its reply (in order,
+parsed in that connection's data callback) settles it (:class:`_Pipe`); on a cluster, or while that
 connection is down, one writer task batches what is due into one pipeline. A failed write is
 logged and counted, never raised into a session. A checkpoint's write also gives the runner a
 future, so a final reaches the client after its checkpoint is stored (bounded by ``GATE_S``;
 while Redis fails, finals are not held at all).
+
+Wake-ups are what an idle-heavy gateway pays for most (on a VM, one costs tens of microseconds
+of CPU whatever it does), so the background costs one per ``HEARTBEAT_S`` (the heartbeat, sent
+on the same connection as the writes, refreshing only sessions no final has refreshed lately) and
+none for the inbox, which blocks on a connection of its own until someone asks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 import time
 import uuid
 from collections import deque
@@ -36,6 +42,7 @@ from typing import Any
 
 import hiredis
 import orjson
+from redis.asyncio.connection import Connection as TCPConnection
 
 from ..config import Config
 from ..redisconn import connect
@@ -54,6 +61,10 @@ KEEP_CHECKPOINTS = 128
 GATE_S = 0.25
 #: Bound on writes waiting for Redis; past it they are dropped (counted), the sessions unaffected.
 MAX_PENDING = 100_000
+#: On a cluster the inbox is polled this often (its client's socket timeout must outlast it).
+INBOX_POLL_S = 4
+#: The inbox's own connection finds a dead peer by TCP keepalive (it never times out a read).
+KEEPALIVE = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3}
 
 # KEYS: hash, list. ARGV: me, entry, keep, ttl_ms. Only the holder appends: a holder that was
 # presumed dead and taken over must not write into its successor's log (0 tells it so).
@@ -130,14 +141,22 @@ class TakeoverBusy(Exception):
 
 @dataclass(slots=True)
 class _Write:
-    """One write: a Lua ``script`` with its keys and arguments; ``then`` gets its reply, ``fut``
-    (a gated final) whether it was stored."""
+    """One write: a Lua ``script`` with its keys and arguments (``script`` None: ``args`` is a
+    plain command); ``then`` gets its reply, ``fut`` (a gated final) whether it was stored.
+    ``counted`` False (the heartbeat's): its outcome is not a session write's (not counted, and
+    it does not decide whether finals are gated)."""
 
-    script: str
+    script: str | None
     keys: tuple[str, ...]
     args: tuple[Any, ...]
     then: Callable[[Any], None] | None = None
     fut: asyncio.Future[bool] | None = None
+    counted: bool = True
+
+    def command(self) -> tuple[Any, ...]:
+        if self.script is None:
+            return self.args
+        return ("EVAL", self.script, len(self.keys), *self.keys, *self.args)
 
     def settle(self, ok: bool, result: Any) -> None:
         if self.fut is not None and not self.fut.done():
@@ -158,7 +177,7 @@ class _Pipe(asyncio.Protocol):
         self.conn = conn
         self.stuck_s = stuck_s
         self.inflight: deque[tuple[_Write, float]] = deque()
-        self.on_reply: Callable[[bool], None] = lambda ok: None
+        self.on_reply: Callable[[_Write, bool], None] = lambda w, ok: None
         self.on_error: Callable[[BaseException], None] = lambda e: None
         self._transport: asyncio.Transport | None = None
         self._parser = hiredis.Reader()
@@ -170,8 +189,15 @@ class _Pipe(asyncio.Protocol):
 
     def send(self, w: _Write) -> None:
         assert self._transport is not None
-        self._transport.write(hiredis.pack_command(("EVAL", w.script, len(w.keys), *w.keys, *w.args)))
+        self._transport.write(hiredis.pack_command(w.command()))
         self.inflight.append((w, time.monotonic()))
+
+    def send_many(self, ws: list[_Write]) -> None:
+        """Several writes in one socket write (their replies then come in one read, too)."""
+        assert self._transport is not None
+        self._transport.write(b"".join(hiredis.pack_command(w.command()) for w in ws))
+        now = time.monotonic()
+        self.inflight.extend((w, now) for w in ws)
 
     def ensure(self) -> None:
         """Reopen a broken connection in the background; break a stuck one."""
@@ -205,7 +231,7 @@ class _Pipe(asyncio.Protocol):
             w, _ = self.inflight.popleft()
             ok = not isinstance(reply, Exception)
             w.settle(ok, reply)
-            self.on_reply(ok)
+            self.on_reply(w, ok)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -215,7 +241,7 @@ class _Pipe(asyncio.Protocol):
             self.on_error(exc)
         for w, _ in failed:
             w.settle(False, None)
-            self.on_reply(False)
+            self.on_reply(w, False)
 
     async def close(self) -> None:
         if self._opening is not None:
@@ -255,14 +281,22 @@ class SharedSessions:
         self.on_release: Callable[[str], None] = lambda sid: None
         self.on_lost: Callable[[str], None] = lambda sid: None
         self.held: Callable[[], Iterable[str]] = lambda: ()
+        # When each held session's keys were last given a new expiry (a write did it, or the
+        # heartbeat): the heartbeat refreshes only those no final has refreshed for a while.
+        self._touched: dict[str, float] = {}
         pool = getattr(redis, "connection_pool", None)  # None: a RedisCluster (slots: the pipeline path)
         self._pipe: _Pipe | None = None
+        self._inbox_conn: Any = None
         if pool is not None:
-            # The pipe's own deadline replaces redis-py's per-command socket timeout.
-            conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-            self._pipe = _Pipe(conn, stuck_s=write_timeout_s)
+            # The pipe's own deadline replaces redis-py's per-command socket timeout; the inbox
+            # blocks for as long as nobody asks.
+            kw = {**pool.connection_kwargs, "socket_timeout": None}
+            self._pipe = _Pipe(pool.connection_class(**kw), stuck_s=write_timeout_s)
             self._pipe.on_reply = self._replied
             self._pipe.on_error = lambda e: self._failed("write", e)
+            if issubclass(pool.connection_class, TCPConnection):
+                kw.update(socket_keepalive=True, socket_keepalive_options=KEEPALIVE)
+            self._inbox_conn = pool.connection_class(**kw)
         self._claim = redis.register_script(_CLAIM_LUA)
 
     # ------------------------------------------------------------------ keys
@@ -303,6 +337,9 @@ class SharedSessions:
             await self.redis.delete(self.alive_key(self.instance))
         if self._pipe is not None:
             await self._pipe.close()
+        if self._inbox_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox_conn.disconnect(nowait=True)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -316,10 +353,14 @@ class SharedSessions:
             )
 
     # ------------------------------------------------------------------ writes (never awaited by sessions)
-    def _submit(self, w: _Write, *, gate: bool = False) -> asyncio.Future[bool] | None:
+    def _direct(self) -> _Pipe | None:
+        """The pipe, if writes may go to it now: only while the pipeline path is idle, since one
+        session's writes must stay in order."""
         pipe = self._pipe
-        # The pipe only while the pipeline path is idle: one session's writes must stay in order.
-        direct = pipe if pipe is not None and pipe.up and not self._writer_busy and self._queue.empty() else None
+        return pipe if pipe is not None and pipe.up and not self._writer_busy and self._queue.empty() else None
+
+    def _submit(self, w: _Write, *, gate: bool = False) -> asyncio.Future[bool] | None:
+        direct = self._direct()
         if (len(direct.inflight) if direct is not None else self._queue.qsize()) >= MAX_PENDING:
             self.writes_dropped += 1
             return None
@@ -331,8 +372,21 @@ class SharedSessions:
             self._queue.put_nowait(w)
         return w.fut if self.healthy else None
 
-    def _replied(self, ok: bool) -> None:
+    def _submit_many(self, ws: list[_Write]) -> None:
+        """Writes nobody waits for, in one socket write where the pipe takes them."""
+        direct = self._direct()
+        if (len(direct.inflight) if direct is not None else self._queue.qsize()) + len(ws) > MAX_PENDING:
+            return  # the heartbeat's: the next beat is as good
+        if direct is not None:
+            direct.send_many(ws)
+        else:
+            for w in ws:
+                self._queue.put_nowait(w)
+
+    def _replied(self, w: _Write, ok: bool) -> None:
         """One write settled, by either path: count a failure; finals are gated while writes work."""
+        if not w.counted:
+            return
         if not ok:
             self.writes_failed += 1
         self.healthy = ok
@@ -340,7 +394,7 @@ class SharedSessions:
     def opened(self, sid: str, *, owner: str, protocol: str, query: str) -> None:
         meta = orjson.dumps({"owner": owner_hash(owner), "protocol": protocol, "query": query})
         s, c, ttl = self.skey(sid), self.ckey(sid), self.ttl_ms
-
+        self._touched[sid] = time.monotonic()
         self._submit(_Write(_OPEN_LUA, (s, c), (self.instance, meta, ttl)))
 
     def save(self, sid: str, record: Checkpoint) -> asyncio.Future[bool] | None:
@@ -353,16 +407,19 @@ class SharedSessions:
                 self.on_lost(sid)  # presumed dead and taken over meanwhile: let the copy here go
 
         w = _Write(_SAVE_LUA, (s, c), (self.instance, entry, KEEP_CHECKPOINTS, self.ttl_ms), then=then)
+        self._touched[sid] = time.monotonic()  # the script renews both keys' expiry
         return self._submit(w, gate=record.text is not None)
 
     def let_go(self, sid: str) -> None:
         """This instance stops holding the session; another may claim it at once."""
         s, c = self.skey(sid), self.ckey(sid)
+        self._touched.pop(sid, None)
         self._submit(_Write(_LETGO_LUA, (s, c), (self.instance, "")))
 
     def ended(self, sid: str) -> None:
         """The session is over: nobody can resume it any more."""
         s, c = self.skey(sid), self.ckey(sid)
+        self._touched.pop(sid, None)
         self._submit(_Write(_LETGO_LUA, (s, c), (self.instance,)))
 
     async def _writer(self) -> None:
@@ -383,7 +440,7 @@ class SharedSessions:
                 self._writer_busy = False
             for k, w in enumerate(batch):
                 w.settle(ok, results[k] if ok else None)
-                self._replied(ok)
+                self._replied(w, ok)
             if self._pipe is not None:
                 self._pipe.ensure()
 
@@ -392,28 +449,30 @@ class SharedSessions:
         restarted Redis needs no reload). Returns each write's reply, and whether all worked."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in batch:
-                pipe.eval(w.script, len(w.keys), *w.keys, *w.args)
+                pipe.execute_command(*w.command())
             raw = await pipe.execute(raise_on_error=False)
         return raw, not any(isinstance(r, Exception) for r in raw)
 
     async def _heartbeat(self) -> None:
-        beats = 0
-        refresh_every = max(1, int(self.ttl_ms / 1000 / 3 / HEARTBEAT_S))
+        """This instance is alive; and a held session no final has refreshed within a third of its
+        expiry gets it renewed (a session that keeps giving finals costs nothing here)."""
+        refresh_after = self.ttl_ms / 1000 / 3
+        alive = ("SET", self.alive_key(self.instance), b"1", "PX", int(HOLDER_TTL_S * 1000))
         while True:
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.set(self.alive_key(self.instance), b"1", px=int(HOLDER_TTL_S * 1000))
-                    if beats % refresh_every == 0:
-                        for sid in self.held():
-                            pipe.pexpire(self.skey(sid), self.ttl_ms)
-                            pipe.pexpire(self.ckey(sid), self.ttl_ms)
-                    async with asyncio.timeout(5.0):
-                        await pipe.execute(raise_on_error=False)
-            except (Exception, TimeoutError) as e:
-                self._failed("heartbeat", e)
-            beats += 1
+            now = time.monotonic()
+            writes = [_Write(None, (), alive, counted=False)]
+            held = set(self.held())
+            for sid in held:
+                if now - self._touched.get(sid, -refresh_after) >= refresh_after:
+                    self._touched[sid] = now
+                    writes.append(_Write(None, (), ("PEXPIRE", self.skey(sid), self.ttl_ms), counted=False))
+                    writes.append(_Write(None, (), ("PEXPIRE", self.ckey(sid), self.ttl_ms), counted=False))
+            if len(self._touched) > len(held):
+                for sid in [sid for sid in self._touched if sid not in held]:
+                    del self._touched[sid]
             if self._pipe is not None:
                 self._pipe.ensure()
+            self._submit_many(writes)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _inbox(self) -> None:
@@ -421,15 +480,28 @@ class SharedSessions:
         key = self.inbox_key(self.instance)
         while True:
             try:
-                got = await self.redis.blpop([key], timeout=1)
+                got = await self._pop(key)
             except (Exception, TimeoutError) as e:
                 self._failed("inbox", e)
+                if self._inbox_conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._inbox_conn.disconnect(nowait=True)
                 await asyncio.sleep(1.0)
                 continue
             if got:
                 sid = got[1].decode() if isinstance(got[1], bytes) else str(got[1])
                 log.info("asked to let a session go", extra={"event": "session_release", "session_id": sid})
                 self.on_release(sid)
+
+    async def _pop(self, key: str) -> Any:
+        """The next request: on a single Redis a BLPOP without timeout on the inbox's own connection
+        (nothing wakes this instance until someone asks); a cluster's client polls."""
+        conn = self._inbox_conn
+        if conn is None:
+            return await self.redis.blpop([key], timeout=INBOX_POLL_S)
+        await conn.connect()  # no-op while connected
+        await conn.send_command("BLPOP", key, 0)
+        return await conn.read_response()
 
     # ------------------------------------------------------------------ takeover (another instance's session)
     async def lookup(self, sid: str) -> RemoteSession | None:
@@ -468,4 +540,5 @@ class SharedSessions:
             raise KeyError(sid)
         if int(got[0]) != 1:
             raise TakeoverBusy(sid)
+        self._touched[sid] = time.monotonic()  # the claim renewed both keys' expiry
         return [Checkpoint.loads(raw) for raw in got[1]]

@@ -310,7 +310,7 @@ def shared_together(args: argparse.Namespace) -> None:
         f"(per-round ratios {per_round})"
     )
     out = ROOT / "benchmarks" / "results" / f"shared_state_together_finals{args.finals_every}.json"
-    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "median": med}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "median": med}, indent=2, default=str))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -111,3 +112,61 @@ async def test_a_redis_that_stops_answering_fails_the_writes_in_flight_then_reco
                 os.kill(rs.proc.pid, signal.SIGCONT)
             await shared.close()
             await client.aclose()
+
+
+async def _calls(client: aioredis.Redis, command: str) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_background_work_wakes_the_gateway_only_for_the_heartbeat(tmp_path: Path) -> None:
+    """The inbox blocks without a timeout (no command while nobody asks) and still hears a request
+    at once, also after Redis restarted under it; the heartbeat renews the keys only of a held
+    session that no checkpoint renewed lately. A regression here is CPU on every idle gateway."""
+    async with redis_server(tmp_path / "redis") as rs:
+        client = aioredis.from_url(rs.url)
+        shared = SharedSessions(
+            aioredis.from_url(rs.url, socket_timeout=2.0), prefix="{t}", resume_grace_s=0.5, release_timeout_s=1
+        )
+        released: list[str] = []
+        shared.on_release = released.append
+        shared.held = lambda: ["quiet", "busy"]
+        shared.start()
+        try:
+            shared.opened("quiet", owner="k", protocol="v1", query="")
+            shared.opened("busy", owner="k", protocol="v1", query="")
+            await asyncio.sleep(0.3)
+            blpops = await _calls(client, "blpop")
+            assert blpops == 1  # one blocking pop, waiting
+            for seq in range(1, 40):  # ~4 s: "busy" gives a final every 0.1 s, "quiet" none
+                gate = shared.save("busy", _record(seq))
+                assert gate is not None and await gate is True
+                await asyncio.sleep(0.1)
+            assert await _calls(client, "blpop") == blpops  # no polling while nobody asked
+            # ttl = 0.5 + 10 s, renewed after a third of it: only "quiet" needed the heartbeat.
+            # PEXPIREs (scripts' included): 1 per open, 2 per checkpoint, 2 for "quiet" (4 if the
+            # heartbeat had renewed "busy" too).
+            assert await _calls(client, "pexpire") == 2 * 1 + 39 * 2 + 2
+            assert await client.pttl(shared.skey("quiet")) > 8000
+
+            await client.rpush(shared.inbox_key(shared.instance), "busy")
+            await _until(lambda: released == ["busy"])
+
+            rs.stop()
+            await asyncio.sleep(0.3)
+            await rs.start()  # the inbox's connection died with the server: it reconnects
+            await client.aclose()
+            client = aioredis.from_url(rs.url)
+            await asyncio.sleep(1.5)
+            await client.rpush(shared.inbox_key(shared.instance), "quiet")
+            await _until(lambda: released == ["busy", "quiet"])
+        finally:
+            await shared.close()
+            await client.aclose()
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)

@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,8 @@ def _final(index: int, every: int) -> str:
     )  # fmt: skip
 
 
-async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    arrivals: dict[tuple[int, int], float] = {}
-    every = args.finals_every
+def _sink(arrivals: dict[tuple[int, int], float], every: int) -> Callable[[ServerConnection], Awaitable[None]]:
+    """The upstream stand-in: timestamps each frame's arrival, answers a final every ``every`` frames."""
 
     async def sink(ws: ServerConnection) -> None:
         frames = 0
@@ -86,6 +86,13 @@ async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, 
                         await ws.send(_final(frames, every))
         except websockets.ConnectionClosed:
             pass  # the gateway aborts its upstream sockets at shutdown
+
+    return sink
+
+
+async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    arrivals: dict[tuple[int, int], float] = {}
+    sink = _sink(arrivals, args.finals_every)
 
     async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:
         sink_port = server.sockets[0].getsockname()[1]
@@ -318,20 +325,7 @@ async def run_together(args: argparse.Namespace, envs: dict[str, dict[str, str]]
     """Several gateways of this checkout at once, one sink, ``--streams`` real-time streams each,
     all driven concurrently; CPU per session-second and the one-way frame time for each."""
     arrivals: dict[tuple[int, int], float] = {}
-    every = args.finals_every
-
-    async def sink(ws: ServerConnection) -> None:
-        frames = 0
-        try:
-            async for msg in ws:
-                if isinstance(msg, bytes) and len(msg) >= 8:
-                    stream, seq = struct.unpack_from("<II", msg)
-                    arrivals[(stream, seq)] = time.perf_counter()
-                    frames += 1
-                    if every and frames % every == 0:
-                        await ws.send(_final(frames, every))
-        except websockets.ConnectionClosed:
-            pass
+    sink = _sink(arrivals, args.finals_every)
 
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:

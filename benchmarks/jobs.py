@@ -19,6 +19,7 @@ of the engine, worker(s) and Redis) and how busy the whole machine was meanwhile
 machine that CPU figure is the steadier one.
 
     python3 benchmarks/jobs.py --jobs 100 --workers 2 --concurrency 10
+    python3 benchmarks/jobs.py --jobs 600 --workers 0   # the gateway's in-process worker, as `serve` defaults
     python3 benchmarks/jobs.py --code /path/to/old/checkout --out /tmp/old.json   # same harness, older code
 """
 
@@ -286,7 +287,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "upstream.engine.url": f"ws://127.0.0.1:{eport}",
                 "queue.redis_url": redis.url,
                 "queue.prefix": prefix,
-                "queue.serve_worker": False,
+                "queue.serve_worker": args.workers == 0,  # 0: the in-process worker, as `serve` runs it by default
                 "log.level": "warning",
             },
         )
@@ -379,7 +380,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=60, help="files per row")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (0: the gateway's in-process worker)")
     p.add_argument("--concurrency", type=int, default=10, help="client and per-worker concurrency")
     p.add_argument("--worker-concurrency", type=int, default=0, help="per-worker concurrency (default: --concurrency)")
     p.add_argument("--seconds", type=float, default=3.0, help="audio per file (>= 1.4)")

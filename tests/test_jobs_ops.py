@@ -155,6 +155,27 @@ async def test_in_process_worker_counts_into_serves_registry(tmp_path: Path) -> 
     assert after.value("streamproxy_jobs_total", mode="async", status="submitted") == 2
 
 
+async def test_queue_depth_is_read_when_scraped(tmp_path: Path) -> None:
+    """No worker: three submitted jobs are in ``streamproxy_queue_depth`` at the very next scrape
+    (it is read then, not by a timer that wakes every gateway). Bad input: Redis stopped — /metrics
+    still answers within the collectors' bound, the gauge as it was."""
+    prefix = unique_prefix()
+    async with redis_server(tmp_path / "redis") as r, engine("marker") as eport:
+        cfg = gateway_config([f"ws://127.0.0.1:{eport}"], **_overrides(r, prefix, tmp_path))
+        async with gateway(cfg) as gw, aiohttp.ClientSession() as http:
+            await start_jobs(gw.runner.app)
+            base = f"http://127.0.0.1:{gw.port}"
+            assert (await scrape(gw.port)).value("streamproxy_queue_depth") == 0
+            for _ in range(3):
+                await _submit(http, base)
+            assert (await scrape(gw.port)).value("streamproxy_queue_depth") == 3
+            r.stop()
+            t0 = time.monotonic()
+            s = await scrape(gw.port)
+            assert time.monotonic() - t0 < 3.0
+            assert s.value("streamproxy_queue_depth") == 3
+
+
 async def test_worker_metrics_port_serves_its_own_families(tmp_path: Path) -> None:
     """``streamproxy worker --metrics-port 0``: the worker's /metrics (port from its log line) moves on
     completion and failure; the gateway (no in-process worker) has no worker families at all."""

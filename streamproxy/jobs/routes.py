@@ -17,7 +17,6 @@ at ``serve`` start through :func:`start_jobs`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,7 +30,7 @@ from multidict import MultiMapping
 from ..deepgram.headers import header_value
 from ..deepgram.params import PRERECORDED_PARAMS, check_query
 from ..edge.errors import deepgram_error
-from ..edge.health import READINESS
+from ..edge.health import COLLECTORS, READINESS
 from ..edge.middleware import REQUEST_ID, principal_of, request_authorized
 from ..gateway.state import GATEWAY, Gateway
 from ..outbound.fetch import FetchError, UrlPolicy, check_url, fetch, safe_session, validate_url
@@ -67,7 +66,6 @@ class JobsService:
         self.worker: JobWorker | None = None
         self.redis_url = ""
         self._lock = asyncio.Lock()
-        self._depth_task: asyncio.Task[None] | None = None
 
     async def ensure(self, *, start_worker: bool) -> JobQueue:
         async with self._lock:
@@ -76,7 +74,6 @@ class JobsService:
                 self.jq = JobQueue(self.redis_url, self.q)
                 self.http = aiohttp.ClientSession(trust_env=False)
                 self.fetcher = safe_session(self.policy, self.q.fetch_timeout_s)
-                self._depth_task = asyncio.create_task(self._depth_loop())
             if start_worker and self.worker is None:
                 # Counts into the gateway's registry: one /metrics for the gateway and its worker.
                 metrics = WorkerMetrics(self.gw.metrics.registry)
@@ -94,8 +91,6 @@ class JobsService:
         return await answers(self.jq.raw, 1.0)
 
     async def close(self) -> None:
-        if self._depth_task is not None:
-            self._depth_task.cancel()
         if self.worker is not None:
             await self.worker.close(self.cfg.session.drain_timeout_s)
             self.worker = None
@@ -108,12 +103,10 @@ class JobsService:
             await self.embedded.stop()
             self.embedded = None
 
-    async def _depth_loop(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                if self.jq is not None:
-                    self.gw.metrics.queue_depth.set(await self.jq.depth())
-            await asyncio.sleep(5.0)
+    async def collect_depth(self) -> None:
+        """The queue's depth, read when /metrics is scraped (nothing to read before the queue starts)."""
+        if self.jq is not None:
+            self.gw.metrics.queue_depth.set(await self.jq.depth())
 
 
 JOBS = web.AppKey("streamproxy_jobs", JobsService)
@@ -128,6 +121,7 @@ def setup_routes(app: web.Application, gw: Gateway) -> None:
     app.router.add_delete("/v1/jobs/{id}", job_delete)
 
     app[READINESS]["redis"] = svc.redis_ready
+    app[COLLECTORS]["queue_depth"] = svc.collect_depth
 
     async def on_cleanup(app: web.Application) -> None:
         await svc.close()

@@ -459,21 +459,27 @@ class SharedSessions:
         refresh_after = self.ttl_ms / 1000 / 3
         alive = ("SET", self.alive_key(self.instance), b"1", "PX", int(HOLDER_TTL_S * 1000))
         while True:
-            now = time.monotonic()
-            writes = [_Write(None, (), alive, counted=False)]
-            held = set(self.held())
-            for sid in held:
-                if now - self._touched.get(sid, -refresh_after) >= refresh_after:
-                    self._touched[sid] = now
-                    writes.append(_Write(None, (), ("PEXPIRE", self.skey(sid), self.ttl_ms), counted=False))
-                    writes.append(_Write(None, (), ("PEXPIRE", self.ckey(sid), self.ttl_ms), counted=False))
-            if len(self._touched) > len(held):
-                for sid in [sid for sid in self._touched if sid not in held]:
-                    del self._touched[sid]
-            if self._pipe is not None:
-                self._pipe.ensure()
-            self._submit_many(writes)
+            try:  # a beat that fails must not end the heartbeat: others would think this instance dead
+                self._beat(alive, refresh_after)
+            except Exception as e:
+                self._failed("heartbeat", e)
             await asyncio.sleep(HEARTBEAT_S)
+
+    def _beat(self, alive: tuple[Any, ...], refresh_after: float) -> None:
+        now = time.monotonic()
+        writes = [_Write(None, (), alive, counted=False)]
+        held = set(self.held())
+        for sid in held:
+            if now - self._touched.get(sid, -refresh_after) >= refresh_after:
+                self._touched[sid] = now
+                writes.append(_Write(None, (), ("PEXPIRE", self.skey(sid), self.ttl_ms), counted=False))
+                writes.append(_Write(None, (), ("PEXPIRE", self.ckey(sid), self.ttl_ms), counted=False))
+        if len(self._touched) > len(held):  # every held id is in it now: the rest were let go
+            for sid in [sid for sid in self._touched if sid not in held]:
+                del self._touched[sid]
+        if self._pipe is not None:
+            self._pipe.ensure()
+        self._submit_many(writes)
 
     async def _inbox(self) -> None:
         """Requests from other instances to let a session go."""

@@ -97,20 +97,7 @@ async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, 
     async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:
         sink_port = server.sockets[0].getsockname()[1]
         gw_port = int(os.environ.get("BENCH_GW_PORT", "0")) or _free_port()
-        env = dict(os.environ)
-        env.update(
-            {
-                "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
-                "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600",
-                "STREAMPROXY_LOG_LEVEL": "warning",
-                "PYTHONPATH": str(tree),
-                **(extra_env or {}),
-            }
-        )
-        cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(gw_port)]
-        if args.cpu is not None:
-            cmd = ["taskset", "-c", str(args.cpu), *cmd]
-        proc = subprocess.Popen(cmd, env=env, cwd=tree)  # noqa: ASYNC220 - started once, before measuring
+        proc = _spawn_gateway(args, tree, gw_port, sink_port, extra_env or {})
         try:
             await _wait_port(gw_port)
             results = {}
@@ -147,6 +134,24 @@ async def run(args: argparse.Namespace, tree: Path = ROOT, extra_env: dict[str, 
     base = {q: (results["direct"][q] + results["direct_again"][q]) / 2 for q in ("p50_ms", "p95_ms", "p99_ms")}
     added = {q: results["streamproxy"][q] - base[q] for q in base}
     return {"args": vars(args), "paths": results, "baseline_ms": base, "added_ms": added}
+
+
+def _spawn_gateway(
+    args: argparse.Namespace, tree: Path, port: int, sink_port: int, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """``streamproxy serve`` of checkout ``tree`` on ``port``, its upstream the sink (pinned with ``--cpu``)."""
+    env = {
+        **os.environ,
+        "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
+        "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600",
+        "STREAMPROXY_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(tree),
+        **extra_env,
+    }
+    cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(port)]
+    if args.cpu is not None:
+        cmd = ["taskset", "-c", str(args.cpu), *cmd]
+    return subprocess.Popen(cmd, env=env, cwd=tree)  # started before measuring
 
 
 async def _drive(url: str, streams: int, frames: int, first: int = 0) -> dict[tuple[int, int], float]:
@@ -294,10 +299,13 @@ def shared_ab(args: argparse.Namespace) -> None:
 def shared_together(args: argparse.Namespace) -> None:
     rounds: list[dict[str, float]] = []
     for _ in range(args.rounds):
-        envs = {"local": _shared_env(args.shared_ab, False), "shared": _shared_env(args.shared_ab, True)}
+        gateways = {
+            "local": (ROOT, _shared_env(args.shared_ab, False)),
+            "shared": (ROOT, _shared_env(args.shared_ab, True)),
+        }
         if args.ab is not None:  # the same shared state in another checkout, beside these two
-            envs["shared_before"] = {**_shared_env(args.shared_ab, True), "BENCH_TREE": str(args.ab.resolve())}
-        res = asyncio.run(run_together(args, envs))
+            gateways["shared_before"] = (args.ab.resolve(), _shared_env(args.shared_ab, True))
+        res = asyncio.run(run_together(args, gateways))
         row = {f"{k}_cpu_ms_per_session_s": v["gateway_cpu_ms_per_session_s"] for k, v in res.items()}
         row.update({f"{k}_lost": v["lost"] for k, v in res.items()})
         row.update({f"{k}_p50_ms": v["p50_ms"] for k, v in res.items()})
@@ -321,9 +329,11 @@ def shared_together(args: argparse.Namespace) -> None:
     print(f"wrote {out.relative_to(ROOT)}")
 
 
-async def run_together(args: argparse.Namespace, envs: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
-    """Several gateways of this checkout at once, one sink, ``--streams`` real-time streams each,
-    all driven concurrently; CPU per session-second and the one-way frame time for each."""
+async def run_together(
+    args: argparse.Namespace, gateways: dict[str, tuple[Path, dict[str, str]]]
+) -> dict[str, dict[str, Any]]:
+    """Several gateways (label: checkout, environment) at once, one sink, ``--streams`` real-time
+    streams each, all driven concurrently; CPU per session-second and the one-way frame time for each."""
     arrivals: dict[tuple[int, int], float] = {}
     sink = _sink(arrivals, args.finals_every)
 
@@ -331,17 +341,9 @@ async def run_together(args: argparse.Namespace, envs: dict[str, dict[str, str]]
     async with serve(sink, "127.0.0.1", 0, compression=None, max_size=None) as server:
         sink_port = server.sockets[0].getsockname()[1]
         try:
-            for label, extra in envs.items():
+            for label, (tree, extra) in gateways.items():
                 port = _free_port()
-                extra = dict(extra)
-                tree = extra.pop("BENCH_TREE", str(ROOT))  # which checkout's gateway
-                env = {**os.environ, "STREAMPROXY_UPSTREAM_SINK_URL": f"ws://127.0.0.1:{sink_port}",
-                       "STREAMPROXY_SESSION_STALL_TIMEOUT_S": "3600", "STREAMPROXY_LOG_LEVEL": "warning",
-                       "PYTHONPATH": tree, **extra}  # fmt: skip
-                cmd = [sys.executable, "-m", "streamproxy", "serve", "--port", str(port)]
-                if args.cpu is not None:
-                    cmd = ["taskset", "-c", str(args.cpu), *cmd]
-                procs[label] = (subprocess.Popen(cmd, env=env, cwd=tree), port)  # noqa: ASYNC220
+                procs[label] = (_spawn_gateway(args, tree, port, sink_port, extra), port)
             for _, port in procs.values():
                 await _wait_port(port)
             q = "/v1/listen?encoding=linear16&sample_rate=16000&proxy_events=true"

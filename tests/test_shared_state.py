@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from streamproxy.gateway.shared import SharedSessions
 from streamproxy.session.checkpoint import Checkpoint
-from tests.helpers.jobs import redis_server
+from tests.helpers.jobs import redis_server, wait_for
 
 
 def _record(seq: int) -> Checkpoint:
@@ -150,7 +149,7 @@ async def test_background_work_wakes_the_gateway_only_for_the_heartbeat(tmp_path
             assert await client.pttl(shared.skey("quiet")) > 8000
 
             await client.rpush(shared.inbox_key(shared.instance), "busy")
-            await _until(lambda: released == ["busy"])
+            await wait_for(lambda: _is(released, ["busy"]), 5, "the first release request")
 
             rs.stop()
             await asyncio.sleep(0.3)
@@ -159,14 +158,11 @@ async def test_background_work_wakes_the_gateway_only_for_the_heartbeat(tmp_path
             client = aioredis.from_url(rs.url)
             await asyncio.sleep(1.5)
             await client.rpush(shared.inbox_key(shared.instance), "quiet")
-            await _until(lambda: released == ["busy", "quiet"])
+            await wait_for(lambda: _is(released, ["busy", "quiet"]), 5, "the release request after the restart")
         finally:
             await shared.close()
             await client.aclose()
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+async def _is(got: list[str], want: list[str]) -> bool:
+    return got == want

@@ -38,8 +38,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_route(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     collectors = list(request.app.get(COLLECTORS, {}).values())
-    if collectors:  # a collector that fails or hangs leaves its gauge as it was
-        with contextlib.suppress(Exception, TimeoutError):
+    if collectors:  # a collector that fails (its exception returned) or hangs leaves its gauge as it was
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(COLLECT_TIMEOUT_S):
                 await asyncio.gather(*(c() for c in collectors), return_exceptions=True)
     return web.Response(body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
